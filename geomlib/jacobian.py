@@ -1,0 +1,344 @@
+"""Per-sample Jacobian products of a batched function, and its singular values.
+
+A generator ``f`` maps a batch ``z: (B, *in_shape)`` to ``(B, *out_shape)`` and treats samples
+independently, so the Jacobian of sample ``b`` is ``J_b = d f(z)_b / d z_b`` of size ``D x E`` with
+``E = prod(in_shape)`` and ``D = prod(out_shape)``. ``J_b`` is never formed unless asked for:
+
+* a vector-Jacobian product (VJP) with the cotangent ``u`` repeated over the batch gives
+  ``u^T J_b`` for every sample from one backward pass;
+* a Jacobian-vector product (JVP) with a per-sample tangent gives ``J_b v_b`` from one forward-mode
+  pass.
+
+Both are batched over many vectors with ``torch.func.vmap`` (in chunks of ``chunk_size`` to bound
+memory), and every method below is built from these two primitives:
+
+``exact``       the full Jacobian from ``E`` JVPs or ``D`` VJPs (whichever is fewer), then an SVD.
+``projected``   the paper's sketch: ``W J`` for a fixed ``k x D`` matrix ``W`` with orthonormal rows.
+``randomized``  randomized SVD (Halko, Martinsson & Tropp 2011) with power iterations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.func import jvp, vjp, vmap
+
+BatchFunction = Callable[[torch.Tensor], torch.Tensor]
+Method = Literal["exact", "projected", "randomized"]
+METHODS: tuple[str, ...] = ("exact", "projected", "randomized")
+
+
+@contextlib.contextmanager
+def autodiff_attention() -> Iterator[None]:
+    """Route scaled-dot-product attention to the math kernel while differentiating.
+
+    The fused CPU/CUDA attention kernels have no forward-mode derivative and fall back to a slow
+    per-sample loop under ``vmap``; the math kernel supports both and batches well.
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: nothing to select
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+def _svd_ready(matrix: torch.Tensor) -> torch.Tensor:
+    """Half-precision results are upcast: LAPACK/cuSOLVER have no fp16/bf16 SVD or QR."""
+    return matrix.float() if matrix.dtype in (torch.float16, torch.bfloat16) else matrix
+
+
+def check_latents(z: torch.Tensor, name: str = "z") -> None:
+    """Raise ``ValueError`` unless ``z`` is a finite floating tensor with a batch axis."""
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.ndim < 2:
+        raise ValueError(
+            f"{name} must have a batch axis, shape (B, *in_shape); got shape {tuple(z.shape)}"
+            f" (use {name}.unsqueeze(0) for a single sample)"
+        )
+    if z.shape[0] == 0 or z.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor, got dtype {z.dtype}")
+    if not torch.isfinite(z).all():
+        bad = (~torch.isfinite(z)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} contains NaN or inf values (samples {bad[:10]})")
+
+
+def _output_shape(f: BatchFunction, z: torch.Tensor) -> tuple[int, ...]:
+    """Per-sample output shape of ``f``, from one gradient-free forward pass (cheap next to the
+    many products that follow)."""
+    with torch.no_grad():
+        out = f(z)
+    if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != z.shape[0]:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"f must map (B, *in_shape) to (B, *out_shape); for input {tuple(z.shape)} it returned {got}"
+        )
+    return tuple(out.shape[1:])
+
+
+def vjp_rows(
+    f: BatchFunction, z: torch.Tensor, cotangents: torch.Tensor, chunk_size: int | None = None
+) -> torch.Tensor:
+    """Vector-Jacobian products ``u_i^T J_b`` for every sample.
+
+    Parameters
+    ----------
+    f
+        batched function ``(B, *in_shape) -> (B, *out_shape)``.
+    z
+        ``(B, *in_shape)`` points at which ``J_b`` is taken.
+    cotangents
+        ``(k, D)`` vectors shared by all samples, or ``(k, B, D)`` one set per sample.
+    chunk_size
+        at most this many vectors per backward pass (``None``: all at once).
+
+    Returns
+    -------
+    ``(B, k, E)``: row ``i`` of sample ``b`` is ``u_i^T J_b``.
+    """
+    batch = z.shape[0]
+    with autodiff_attention():
+        out, pullback = vjp(f, z)
+        if cotangents.ndim == 2:
+            cotangents = cotangents.unsqueeze(1).expand(-1, batch, -1)
+        cotangents = cotangents.reshape(cotangents.shape[0], *out.shape).to(out.dtype)
+        (rows,) = vmap(pullback, chunk_size=chunk_size)(cotangents)
+    return rows.reshape(rows.shape[0], batch, -1).transpose(0, 1)
+
+
+def jvp_columns(
+    f: BatchFunction, z: torch.Tensor, tangents: torch.Tensor, chunk_size: int | None = None
+) -> torch.Tensor:
+    """Jacobian-vector products ``J_b v_i`` for every sample.
+
+    Parameters
+    ----------
+    f
+        batched function ``(B, *in_shape) -> (B, *out_shape)``.
+    z
+        ``(B, *in_shape)``.
+    tangents
+        ``(k, E)`` vectors shared by all samples, or ``(k, B, E)`` one set per sample.
+    chunk_size
+        at most this many vectors per forward-mode pass (``None``: all at once).
+
+    Returns
+    -------
+    ``(B, D, k)``: column ``i`` of sample ``b`` is ``J_b v_i``.
+    """
+    batch = z.shape[0]
+    if tangents.ndim == 2:
+        tangents = tangents.unsqueeze(1).expand(-1, batch, -1)
+    tangents = tangents.reshape(tangents.shape[0], *z.shape).to(z.dtype)
+
+    def push(tangent: torch.Tensor) -> torch.Tensor:
+        return jvp(f, (z,), (tangent,))[1]
+
+    with autodiff_attention():
+        cols = vmap(push, chunk_size=chunk_size)(tangents)
+    return cols.reshape(cols.shape[0], batch, -1).permute(1, 2, 0)
+
+
+@torch.no_grad()
+def jacobian(f: BatchFunction, z: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """Full per-sample Jacobians, ``(B, D, E)``.
+
+    Uses ``E`` forward-mode products when ``E <= D`` (a decoder), else ``D`` reverse-mode products.
+    """
+    check_latents(z)
+    in_dim = math.prod(z.shape[1:])
+    out_dim = math.prod(_output_shape(f, z))
+    if in_dim <= out_dim:
+        basis = torch.eye(in_dim, dtype=z.dtype, device=z.device)
+        return jvp_columns(f, z, basis, chunk_size)
+    basis = torch.eye(out_dim, dtype=z.dtype, device=z.device)
+    return vjp_rows(f, z, basis, chunk_size)
+
+
+def orthonormal_rows(
+    k: int, dim: int, *, seed: int = 0, dtype: torch.dtype = torch.float32, device=None
+) -> torch.Tensor:
+    """A ``(k, dim)`` matrix with orthonormal rows: QR of a seeded Gaussian (``k <= dim``).
+
+    Drawn on the CPU in float64 from a local generator, so the same ``seed`` gives the same matrix
+    on every device and dtype. The result is cached (the QR of a ``786432 x 120`` Gaussian for a
+    Stable Diffusion image takes seconds): treat it as read-only.
+    """
+    if not 0 < k <= dim:
+        raise ValueError(f"need 0 < k <= {dim} orthonormal rows, got k={k}")
+    return _cached_orthonormal_rows(k, dim, seed, dtype, torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_orthonormal_rows(
+    k: int, dim: int, seed: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(dim, k, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    q = q * torch.sign(torch.diagonal(r))  # unique QR: fixes the sign of each column
+    return q.T.to(dtype=dtype, device=device).contiguous()
+
+
+@torch.no_grad()
+def projected_jacobian(
+    f: BatchFunction,
+    z: torch.Tensor,
+    k: int,
+    *,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The sketch ``W J_b``, ``(B, k, E)``, with ``W = orthonormal_rows(k, D, seed=seed)``."""
+    check_latents(z)
+    out_dim = math.prod(_output_shape(f, z))
+    if k > out_dim:
+        raise ValueError(f"k={k} is larger than the output dimension D={out_dim}")
+    projection = orthonormal_rows(k, out_dim, seed=seed, dtype=z.dtype, device=z.device)
+    return vjp_rows(f, z, projection, chunk_size)
+
+
+@dataclass
+class RandomizedSVD:
+    """Top-``k`` singular triplets of each sample's Jacobian: ``J_b ~ U_b diag(S_b) V_b^T``.
+
+    Attributes
+    ----------
+    U : ``(B, D, k)`` left singular vectors (output space).
+    S : ``(B, k)`` singular values, descending.
+    V : ``(B, E, k)`` right singular vectors (input space: the latent directions).
+    """
+
+    U: torch.Tensor
+    S: torch.Tensor
+    V: torch.Tensor
+
+
+@torch.no_grad()
+def randomized_svd(
+    f: BatchFunction,
+    z: torch.Tensor,
+    k: int,
+    *,
+    oversample: int = 10,
+    power_iters: int = 2,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> RandomizedSVD:
+    """Randomized SVD of every sample's Jacobian from JVPs and VJPs (Halko et al. 2011, alg. 4.4).
+
+    The range of ``J_b`` is found from ``J_b Omega`` with ``l = k + oversample`` Gaussian test
+    vectors, sharpened by ``power_iters`` rounds of ``(J_b J_b^T)``, each re-orthonormalised by QR
+    for stability. Costs ``(power_iters + 1) * l`` JVPs and as many VJPs per sample.
+
+    Parameters
+    ----------
+    f, z
+        as in :func:`jacobian_singular_values`; ``z: (B, *in_shape)``.
+    k
+        number of singular triplets returned.
+    oversample
+        extra test vectors; more makes the trailing ``k`` values accurate.
+    power_iters
+        subspace iterations; decoder spectra are flat, so keep at least 1.
+    seed
+        seed of the Gaussian test matrix (a local generator; the global RNG is untouched).
+    chunk_size
+        at most this many vectors per batched pass.
+    """
+    check_latents(z)
+    batch, in_dim = z.shape[0], math.prod(z.shape[1:])
+    out_dim = math.prod(_output_shape(f, z))
+    if not 0 < k <= min(in_dim, out_dim):
+        raise ValueError(f"k={k} must be between 1 and min(E, D) = {min(in_dim, out_dim)}")
+    if oversample < 0 or power_iters < 0:
+        raise ValueError("oversample and power_iters must be >= 0")
+    width = min(k + oversample, in_dim, out_dim)
+    generator = torch.Generator().manual_seed(seed)
+    omega = torch.randn(width, batch, in_dim, generator=generator, dtype=torch.float64)
+    omega = omega.to(dtype=z.dtype, device=z.device)
+
+    def orthonormal_basis(vectors: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.qr(_svd_ready(vectors)).Q.to(z.dtype)
+
+    basis = orthonormal_basis(jvp_columns(f, z, omega, chunk_size))  # (B, D, l)
+    for _ in range(power_iters):
+        back = vjp_rows(f, z, basis.permute(2, 0, 1), chunk_size)  # (B, l, E) = Q^T J
+        back_basis = orthonormal_basis(back.transpose(1, 2))  # (B, E, l)
+        basis = orthonormal_basis(jvp_columns(f, z, back_basis.permute(2, 0, 1), chunk_size))
+    small = vjp_rows(f, z, basis.permute(2, 0, 1), chunk_size)  # (B, l, E) = Q^T J
+    u_small, sigma, v_t = torch.linalg.svd(_svd_ready(small), full_matrices=False)
+    basis = _svd_ready(basis)
+    return RandomizedSVD(U=basis @ u_small[..., :k], S=sigma[:, :k], V=v_t[:, :k].transpose(1, 2))
+
+
+@torch.no_grad()
+def jacobian_singular_values(
+    f: BatchFunction,
+    z: torch.Tensor,
+    *,
+    method: Method = "exact",
+    k: int | None = None,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    oversample: int = 10,
+    power_iters: int = 2,
+) -> torch.Tensor:
+    """Singular values of each sample's Jacobian ``J_b = d f(z)_b / d z_b``, descending.
+
+    Parameters
+    ----------
+    f
+        callable mapping ``(B, *in_shape) -> (B, *out_shape)``; samples must not interact
+        (no batch norm in training mode). ``E = prod(in_shape)``, ``D = prod(out_shape)``.
+    z
+        ``(B, *in_shape)`` latents on the device of ``f``: float32, float64, or float16/bfloat16
+        (products in half precision, SVD in float32).
+    method
+        ``"exact"`` (full Jacobian, ``m = min(E, D)`` values), ``"projected"`` (singular values
+        of ``W J`` for a fixed ``k x D`` ``W`` with orthonormal rows, ``m = min(k, E)``; the paper's
+        method, ``k = 120`` for Stable Diffusion) or ``"randomized"`` (top ``k`` by randomized SVD).
+    k
+        sketch size for ``projected``/``randomized`` (required there; ignored by ``exact``).
+    seed
+        seed of ``W`` or of the randomized test vectors (a local generator).
+    chunk_size
+        at most this many JVPs/VJPs per batched pass; bounds memory.
+    oversample, power_iters
+        randomized SVD settings (see :func:`randomized_svd`).
+
+    Returns
+    -------
+    ``(B, m)`` singular values, descending, in ``z``'s dtype (float32 for half precision); detached (computed without a graph
+    to the parameters, which saves memory).
+
+    Notes
+    -----
+    The singular values of a random sketch ``W J`` are not estimates of ``J``'s top singular
+    values; ``randomized`` targets those. ``projected`` with ``k = D`` gives the exact spectrum.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+    if method == "exact":
+        return torch.linalg.svdvals(_svd_ready(jacobian(f, z, chunk_size)))
+    if k is None or k < 1:
+        raise ValueError(f"method={method!r} needs a positive sketch size k (the paper uses 120)")
+    if method == "projected":
+        sketch = projected_jacobian(f, z, k, seed=seed, chunk_size=chunk_size)
+        return torch.linalg.svdvals(_svd_ready(sketch))
+    svd = randomized_svd(
+        f, z, k, oversample=oversample, power_iters=power_iters, seed=seed, chunk_size=chunk_size
+    )
+    return svd.S

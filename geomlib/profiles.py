@@ -1,0 +1,33 @@
+"""Run profiles shared by every notebook, and the choice of device.
+
+``smoke``  seconds on a CPU: the budgets tests use to check that a notebook runs end to end.
+``book``   minutes on a laptop CPU: what the published book shows.
+``paper``  paper scale, meant for a GPU (Stable Diffusion 1.4 where a chapter uses it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+PROFILES: tuple[str, ...] = ("smoke", "book", "paper")
+
+
+def check_profile(profile: str) -> str:
+    """Return ``profile`` if it is one of :data:`PROFILES`, else raise ``ValueError``."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    return profile
+
+
+def default_device(requested: str | None = None) -> torch.device:
+    """The device to compute on: ``requested``, else ``$GEOMLIB_DEVICE``, else CUDA when present.
+
+    Asking for CUDA on a machine without it raises ``ValueError`` instead of failing later.
+    """
+    name = requested or os.environ.get("GEOMLIB_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device

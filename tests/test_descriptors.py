@@ -1,0 +1,174 @@
+"""Descriptors against closed forms and analytic counts."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from geomlib import (
+    cross_polytope_directions,
+    describe,
+    jacobian_singular_values,
+    local_complexity,
+    local_complexity_by_layer,
+    local_rank,
+    local_scaling,
+)
+
+
+def closed_form_rank(values):
+    weights = [v / sum(values) + 1e-30 for v in values]
+    return math.exp(-sum(w * math.log(w) for w in weights))
+
+
+def test_local_scaling_and_rank_closed_form_on_linear_maps(linear_map):
+    truths = [[4.0, 2.0, 1.0, 0.5], [1.0, 1.0, 1.0, 1.0], [10.0, 1e-3, 1e-3, 1e-3]]
+    matrices = torch.stack([linear_map(t, 4, 6, seed=i) for i, t in enumerate(truths)])
+    sigma = jacobian_singular_values(lambda z: torch.einsum("bde,be->bd", matrices, z), torch.randn(3, 4, dtype=torch.float64))
+    expected_psi = torch.tensor([sum(math.log(v) for v in t) for t in truths], dtype=torch.float64)
+    expected_nu = torch.tensor([closed_form_rank(t) for t in truths], dtype=torch.float64)
+    torch.testing.assert_close(local_scaling(sigma), expected_psi)
+    torch.testing.assert_close(local_rank(sigma), expected_nu)
+    assert local_rank(sigma)[1].item() == pytest.approx(4.0)  # isotropic: full effective rank
+
+
+def test_rank_deficient_jacobian_ignores_zero_singular_values(linear_map):
+    matrix = linear_map([3.0, 0.5], 5, 7)  # rank 2 in a 7 x 5 map: three zero singular values
+    sigma = jacobian_singular_values(lambda z: z @ matrix.T, torch.randn(2, 5, dtype=torch.float64))
+    assert sigma.shape == (2, 5) and (sigma[:, 2:] < 1e-12).all()
+    torch.testing.assert_close(local_scaling(sigma), torch.full((2,), math.log(1.5), dtype=torch.float64))
+    torch.testing.assert_close(local_rank(sigma), torch.full((2,), closed_form_rank([3.0, 0.5]), dtype=torch.float64))
+
+
+def test_local_scaling_tolerance_and_degenerate_spectra():
+    sigma = torch.tensor([[2.0, 1.0, 0.1], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(local_scaling(sigma, tol=0.5), torch.tensor([math.log(2.0), 0.0], dtype=torch.float64))
+    assert local_rank(sigma)[1].item() == 0.0
+    with pytest.raises(ValueError, match="non-negative"):
+        local_scaling(torch.tensor([[1.0, -1.0]]))
+    with pytest.raises(ValueError, match="finite"):
+        local_rank(torch.tensor([[1.0, math.nan]]))
+    with pytest.raises(ValueError, match="tol"):
+        local_scaling(sigma, tol=-1.0)
+
+
+def one_hidden_layer(activation, in_dim=5, hidden=64, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(in_dim, hidden), activation, nn.Linear(hidden, 3)).double()
+
+
+def analytic_first_layer_count(linear, z, directions, radius):
+    """|w.z + c| < r max_i |w.b_i|: the sign changes on the cross-polytope's vertices."""
+    centre = z @ linear.weight.T + linear.bias  # (B, N)
+    reach = radius * (directions @ linear.weight.T).abs().amax(dim=0)  # (N,)
+    return (centre.abs() < reach).sum(dim=1)
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.LeakyReLU(0.1), nn.GELU(), nn.SiLU()])
+@pytest.mark.parametrize("radius", [0.05, 0.3, 2.0])
+def test_first_layer_count_matches_analytic(activation, radius):
+    net = one_hidden_layer(activation)
+    z = torch.randn(50, 5, dtype=torch.float64)
+    directions = cross_polytope_directions(5, 3, seed=1, dtype=torch.float64)
+    delta = local_complexity(net, z, radius=radius, directions=directions)
+    expected = analytic_first_layer_count(net[0], z, directions, radius)
+    assert torch.equal(delta, expected)
+    assert delta.sum() > 0  # the radii are chosen so the test is not vacuous
+
+
+def test_n_dirs_draws_the_same_directions_as_the_helper():
+    net = one_hidden_layer(nn.ReLU())
+    z = torch.randn(20, 5, dtype=torch.float64)
+    directions = cross_polytope_directions(5, 4, seed=9, dtype=torch.float64)
+    by_seed = local_complexity(net, z, radius=0.5, n_dirs=4, seed=9)
+    assert torch.equal(by_seed, analytic_first_layer_count(net[0], z, directions, 0.5))
+
+
+def test_deeper_layers_against_manual_vertex_evaluation():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)).double()
+    z = torch.randn(30, 3, dtype=torch.float64)
+    directions = cross_polytope_directions(3, 3, seed=0, dtype=torch.float64)
+    by_layer = local_complexity_by_layer(net, z, radius=0.4, directions=directions, chunk_size=12)
+    vertices = z[:, None, :] + 0.4 * torch.cat([directions, -directions])[None]  # (B, 6, 3)
+    with torch.no_grad():
+        first = vertices @ net[0].weight.T + net[0].bias
+        second = torch.relu(first) @ net[2].weight.T + net[2].bias
+    for name, pre in [("1", first), ("3", second)]:
+        positive = pre > 0
+        expected = (positive.any(1) & ~positive.all(1)).sum(1)
+        assert torch.equal(by_layer[name], expected), name
+    assert torch.equal(local_complexity(net, z, radius=0.4, directions=directions), by_layer["1"] + by_layer["3"])
+
+
+class SharedActivation(nn.Module):
+    """One SiLU module called twice per forward, as in diffusers' ResnetBlock2D."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 8), nn.Linear(8, 8)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.second(self.act(self.first(x))))
+
+
+def test_module_called_twice_counts_each_call():
+    torch.manual_seed(0)
+    model = SharedActivation().double()
+    z = torch.randn(10, 4, dtype=torch.float64)
+    by_layer = local_complexity_by_layer(model, z, radius=1.0, n_dirs=4)
+    assert set(by_layer) == {"act", "act#1"}
+    directions = cross_polytope_directions(4, 4, dtype=torch.float64)
+    assert torch.equal(by_layer["act"], analytic_first_layer_count(model.first, z, directions, 1.0))
+
+
+def test_named_layers_and_image_shaped_inputs():
+    torch.manual_seed(0)
+    decoder = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 3, 3, padding=1))
+    z = torch.randn(3, 2, 4, 4)
+    with pytest.raises(ValueError, match="no nonlinearity"):
+        local_complexity(decoder, z, radius=0.1, n_dirs=2)
+    delta = local_complexity(decoder, z, radius=0.5, n_dirs=2, layers=["1"])
+    assert delta.shape == (3,) and (delta > 0).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"radius": 0.0, "n_dirs": 2}, "radius"),
+        ({"radius": -1.0, "n_dirs": 2}, "radius"),
+        ({"radius": math.nan, "n_dirs": 2}, "radius"),
+        ({"radius": 0.1}, "n_dirs"),
+        ({"radius": 0.1, "n_dirs": 9}, "k <= 5"),
+        ({"radius": 0.1, "directions": torch.ones(2, 5, dtype=torch.float64)}, "orthonormal"),
+        ({"radius": 0.1, "directions": torch.eye(4, dtype=torch.float64)}, "shape"),
+        ({"radius": 0.1, "n_dirs": 2, "layers": ["nope"]}, "not found"),
+    ],
+)
+def test_complexity_bad_input(kwargs, message):
+    net = one_hidden_layer(nn.ReLU())
+    with pytest.raises(ValueError, match=message):
+        local_complexity(net, torch.randn(2, 5, dtype=torch.float64), **kwargs)
+
+
+def test_complexity_rejects_non_finite_latents():
+    net = one_hidden_layer(nn.ReLU())
+    with pytest.raises(ValueError, match="NaN or inf"):
+        local_complexity(net, torch.full((2, 5), math.inf, dtype=torch.float64), radius=0.1, n_dirs=2)
+
+
+def test_describe_bundles_the_three_descriptors():
+    net = one_hidden_layer(nn.ReLU(), in_dim=3)
+    z = torch.randn(6, 3, dtype=torch.float64)
+    result = describe(net, z, radius=0.2, n_dirs=3)
+    sigma = jacobian_singular_values(net, z)
+    torch.testing.assert_close(result.singular_values, sigma)
+    torch.testing.assert_close(result.local_scaling, local_scaling(sigma))
+    torch.testing.assert_close(result.local_rank, local_rank(sigma))
+    assert torch.equal(result.local_complexity, local_complexity(net, z, radius=0.2, n_dirs=3))
+    assert set(result.as_dict()) == {"local_scaling", "local_rank", "local_complexity"}
+    assert describe(net, z).local_complexity is None
+    with pytest.raises(ValueError, match="nn.Module"):
+        describe(lambda x: net(x), z, radius=0.2, n_dirs=3)
