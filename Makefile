@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 # The CPU build these machines hold; override for a GPU, e.g. TORCH="torch==2.13.0" with your CUDA index.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# make book PROFILE=smoke|book|paper DEVICE=cpu|cuda MODEL=path-or-hub-id
+PROFILE ?= book
+DEVICE ?=
+MODEL ?=
 
 .PHONY: install test book bench clean
 
@@ -25,7 +29,7 @@ test: install
 	$(PY) -m pytest
 
 book: install
-	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	$(PY) -m geomlib.runner --profile $(PROFILE) $(if $(DEVICE),--device $(DEVICE)) $(if $(MODEL),--model $(MODEL))
 
 bench: install
 	$(PY) benchmarks/bench_jacobian.py

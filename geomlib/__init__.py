@@ -25,7 +25,7 @@ from geomlib.jacobian import (
     randomized_svd,
     vjp_rows,
 )
-from geomlib.profiles import PROFILES, check_profile, default_device
+from geomlib.profiles import PROFILES, check_profile, default_device, select_budget
 
 __version__ = "0.1.0"
 
@@ -48,5 +48,6 @@ __all__ = [
     "orthonormal_rows",
     "projected_jacobian",
     "randomized_svd",
+    "select_budget",
     "vjp_rows",
 ]

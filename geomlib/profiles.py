@@ -31,3 +31,16 @@ def default_device(requested: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
     return device
+
+
+def select_budget(budgets: dict[str, dict], profile: str) -> dict:
+    """The budget of ``profile`` from a chapter's ``{"smoke": {...}, "book": {...}, "paper": {...}}``.
+
+    Every chapter keeps its budgets beside its code and reads them through this one switch, so
+    ``profile="smoke"`` shrinks every loop, grid and sample count of the chapter at once.
+    """
+    check_profile(profile)
+    missing = [name for name in PROFILES if name not in budgets]
+    if missing:
+        raise ValueError(f"budgets lack the profiles {missing}")
+    return dict(budgets[profile])

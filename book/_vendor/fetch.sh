@@ -1,0 +1,18 @@
+#!/bin/sh
+# Re-fetch the vendored JavaScript from the npm registry (versions pinned; see README.md).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d)
+cd "$tmp"
+npm pack --silent mathjax@3.2.2 @jupyter-widgets/html-manager@1.0.15 requirejs@2.3.8 >/dev/null
+for f in *.tgz; do mkdir "${f%.tgz}"; tar xzf "$f" -C "${f%.tgz}"; done
+mj=mathjax-3.2.2/package/es5
+rm -rf "$here/mathjax" "$here/widgets"
+mkdir -p "$here/mathjax/output/chtml/fonts" "$here/mathjax/input/tex" "$here/widgets"
+cp "$mj/tex-chtml.js" "$here/mathjax/"
+cp -r "$mj/output/chtml/fonts/woff-v2" "$here/mathjax/output/chtml/fonts/"
+cp -r "$mj/input/tex/extensions" "$here/mathjax/input/tex/"
+cp -r "$mj/ui" "$here/mathjax/"
+cp jupyter-widgets-html-manager-1.0.15/package/dist/embed-amd.js "$here/widgets/"
+cp requirejs-2.3.8/package/require.js "$here/widgets/"
+rm -rf "$tmp"

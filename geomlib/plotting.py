@@ -1,0 +1,113 @@
+"""Figures shared by the notebooks: descriptor heatmaps, image grids and explorable sliders.
+
+Chapter-specific figures live next to the chapter's code; what several chapters draw lives here.
+Every function returns the matplotlib object it made, so a notebook can adjust and save it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import animation
+from matplotlib.figure import Figure
+
+#: Colour maps per descriptor, used consistently across the book.
+DESCRIPTOR_CMAPS: dict[str, str] = {
+    "local_scaling": "viridis",
+    "local_rank": "magma",
+    "local_complexity": "cividis",
+}
+DESCRIPTOR_LABELS: dict[str, str] = {
+    "local_scaling": r"local scaling $\psi$",
+    "local_rank": r"local rank $\nu$",
+    "local_complexity": r"local complexity $\delta$",
+}
+
+
+def heatmap_panels(
+    values: dict[str, np.ndarray],
+    extent: tuple[float, float, float, float],
+    *,
+    points: np.ndarray | None = None,
+    titles: dict[str, str] | None = None,
+    cmaps: dict[str, str] | None = None,
+    panel_size: float = 3.6,
+) -> Figure:
+    """One heatmap per entry of ``values``, side by side, each with its own colour bar.
+
+    Parameters
+    ----------
+    values
+        ``{name: (H, W) array}``; row 0 is the bottom of the plot (``origin="lower"``).
+    extent
+        ``(xmin, xmax, ymin, ymax)`` of the grid in data units.
+    points
+        optional ``(N, 2)`` points drawn on every panel (e.g. training data, anchors).
+    titles, cmaps
+        per-name overrides of :data:`DESCRIPTOR_LABELS` and :data:`DESCRIPTOR_CMAPS`.
+    """
+    titles = {**DESCRIPTOR_LABELS, **(titles or {})}
+    cmaps = {**DESCRIPTOR_CMAPS, **(cmaps or {})}
+    fig, axes = plt.subplots(1, len(values), figsize=(panel_size * len(values), panel_size), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], values.items()):
+        image = ax.imshow(np.asarray(grid), origin="lower", extent=extent, cmap=cmaps.get(name, "viridis"), aspect="auto")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        if points is not None:
+            ax.scatter(points[:, 0], points[:, 1], s=4, c="white", edgecolors="black", linewidths=0.3)
+        ax.set_title(titles.get(name, name))
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(
+    images: np.ndarray,
+    *,
+    nrows: int | None = None,
+    titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    size: float = 1.6,
+) -> Figure:
+    """Show ``images: (N, H, W, 3)`` in ``[0, 1]`` (or ``(N, 3, H, W)``) as a grid without axes."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        images = images.transpose(0, 2, 3, 1)
+    count = len(images)
+    nrows = nrows or int(np.ceil(np.sqrt(count)))
+    ncols = int(np.ceil(count / nrows))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if index >= count:
+            ax.axis("off")
+            continue
+        ax.imshow(np.clip(images[index], 0, 1))
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=8)
+    for row, label in enumerate(row_labels or []):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def slider_animation(
+    fig: Figure,
+    update: Callable[[int], object],
+    n_frames: int,
+    *,
+    interval_ms: int = 400,
+) -> str:
+    """An explorable figure for a static page: ``to_jshtml`` of ``update(0..n_frames-1)``.
+
+    ``update(i)`` redraws ``fig`` for frame ``i``. Returns the HTML (a slider with play buttons,
+    frames embedded as images), which needs no kernel: display it with ``IPython.display.HTML``.
+    The figure is closed afterwards so it is not shown twice.
+    """
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    anim = animation.FuncAnimation(fig, update, frames=n_frames, interval=interval_ms, blit=False)
+    html = anim.to_jshtml(default_mode="once")
+    plt.close(fig)
+    return html

@@ -1,0 +1,13 @@
+"""Every notebook runs end to end in the smoke profile (one test per notebook)."""
+
+import pytest
+
+from geomlib import runner
+
+NOTEBOOKS = runner.discover()
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_in_smoke_profile(notebook):
+    run = runner.run_notebook(notebook, runner.BUILD / "executed" / "smoke", {"profile": "smoke"})
+    assert run.status in ("ok", "cached"), f"{notebook.name} failed at {run.error}"
