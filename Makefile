@@ -12,7 +12,7 @@ PROFILE ?= book
 DEVICE ?=
 MODEL ?=
 
-.PHONY: install test book bench clean
+.PHONY: install lint fmt browser test book bench clean
 
 # Reinstall only when the dependency list changes.
 $(STAMP): pyproject.toml
@@ -25,7 +25,32 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
+LINTED := geomlib tests benchmarks notebooks
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+
+# Seconds: style, types, docstring coverage, and notebooks stored without outputs.
+lint: install
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/interrogate --quiet geomlib
+	$(if $(NOTEBOOKS),$(VENV)/bin/nbstripout --verify $(NOTEBOOKS))
+
+# Rewrite in place: format code and notebooks, apply safe lint fixes, strip notebook outputs.
+fmt: install
+	$(if $(NOTEBOOKS),$(VENV)/bin/nbstripout $(NOTEBOOKS))
+	$(VENV)/bin/ruff format $(LINTED)
+	$(VENV)/bin/ruff check --fix $(LINTED)
+
+# Headless Chromium for the book's rendering test; installed where we may (root + apt), else skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the book rendering test"; \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium install failed: rendering test will be skipped"; \
+	  else echo "chromium not found: the book rendering test will be skipped"; fi; }
+
+test: install lint browser
 	$(PY) -m pytest
 
 book: install
@@ -33,6 +58,7 @@ book: install
 
 bench: install
 	$(PY) benchmarks/bench_jacobian.py
+	$(PY) benchmarks/bench_partition.py
 
 clean:
 	rm -rf _build .pytest_cache

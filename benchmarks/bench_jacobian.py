@@ -96,14 +96,18 @@ def sd14_decoder(dtype: torch.dtype, device: torch.device) -> Callable[[torch.Te
     """The SD-1.x VAE decoder (diffusers' default AutoencoderKL config), random weights."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[128, 256, 512, 512],
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    ).eval().to(device=device, dtype=dtype)
+    vae = (
+        AutoencoderKL(
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+            block_out_channels=[128, 256, 512, 512],
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        )
+        .eval()
+        .to(device=device, dtype=dtype)
+    )
     scale = 0.18215  # SD 1.x latent scaling factor
     return lambda latents: vae.decode(latents / scale).sample
 
@@ -118,17 +122,25 @@ def compare(name: str, f: Callable, z: torch.Tensor, k: int, repeats: int, full:
     base_time, base = timed(lambda: naive_projected_singular_values(f, z, k), repeats, device)
     rows = [row(name, f"naive loop, k={k} autograd.grad calls per latent", base_time, base_time, None)]
     seconds, sigma = timed(lambda: jacobian_singular_values(f, z, method="projected", k=k), repeats, device)
-    rows.append(row(name, f"projected k={k} (vmap over VJPs)", seconds, base_time, relative_difference(sigma, base)))
+    rows.append(
+        row(name, f"projected k={k} (vmap over VJPs)", seconds, base_time, relative_difference(sigma, base))
+    )
     if full:
         seconds, exact = timed(lambda: jacobian_singular_values(f, z, method="exact"), repeats, device)
         rows.append(row(name, "exact full J (vmap over JVPs)", seconds, base_time, None))
-        seconds, top = timed(lambda: jacobian_singular_values(f, z, method="randomized", k=10), repeats, device)
-        rows.append(row(name, "randomized SVD top-10 (vs exact)", seconds, base_time, relative_difference(top, exact)))
+        seconds, top = timed(
+            lambda: jacobian_singular_values(f, z, method="randomized", k=10), repeats, device
+        )
+        rows.append(
+            row(name, "randomized SVD top-10 (vs exact)", seconds, base_time, relative_difference(top, exact))
+        )
     return rows
 
 
 def row(model: str, kernel: str, seconds: float, base_seconds: float, diff: float | None) -> dict:
-    return dict(model=model, kernel=kernel, seconds=seconds, speedup=base_seconds / seconds, max_rel_diff=diff)
+    return dict(
+        model=model, kernel=kernel, seconds=seconds, speedup=base_seconds / seconds, max_rel_diff=diff
+    )
 
 
 def gpu_rows(repeats: int) -> list[dict]:
@@ -138,14 +150,24 @@ def gpu_rows(repeats: int) -> list[dict]:
         f = sd14_decoder(dtype, device)
         z = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0)).to(device, dtype)
 
-        def psi_nu() -> torch.Tensor:
+        def psi_nu(f: Callable = f, z: torch.Tensor = z) -> torch.Tensor:
             sigma = jacobian_singular_values(f, z, method="projected", k=120, chunk_size=40)
             return torch.stack([geomlib.local_scaling(sigma), geomlib.local_rank(sigma)])
 
         torch.cuda.reset_peak_memory_stats()
         seconds, values = timed(psi_nu, repeats, device)
-        entry = row(f"SD-1.4 VAE decoder 512x512, {str(dtype).split('.')[-1]}", "projected k=120: psi+nu, 1 latent", seconds, float("nan"), None)
-        entry.update(peak_gib=torch.cuda.max_memory_allocated() / 2**30, psi=float(values[0, 0]), nu=float(values[1, 0]))
+        entry = row(
+            f"SD-1.4 VAE decoder 512x512, {str(dtype).split('.')[-1]}",
+            "projected k=120: psi+nu, 1 latent",
+            seconds,
+            float("nan"),
+            None,
+        )
+        entry.update(
+            peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+            psi=float(values[0, 0]),
+            nu=float(values[1, 0]),
+        )
         rows.append(entry)
     return rows
 
@@ -154,11 +176,14 @@ def print_table(rows: list[dict]) -> None:
     print(f"{'model':<40} {'kernel':<42} {'seconds':>9} {'speed-up':>9} {'max rel diff':>13}")
     for entry in rows:
         diff = "-" if entry["max_rel_diff"] is None else f"{entry['max_rel_diff']:.1e}"
-        print(f"{entry['model']:<40} {entry['kernel']:<42} {entry['seconds']:>9.3f} {entry['speedup']:>8.1f}x {diff:>13}")
+        timing = f"{entry['seconds']:>9.3f} {entry['speedup']:>8.1f}x"
+        print(f"{entry['model']:<40} {entry['kernel']:<42} {timing} {diff:>13}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller batch and sketch, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -167,14 +192,36 @@ def main() -> None:
     batch, k = (2, 16) if args.quick else (8, 64)
     generator = torch.Generator().manual_seed(0)
 
-    rows = compare("MLP 32 -> 3072 (ReLU)", mlp_generator(), torch.randn(batch, 32, generator=generator), k, repeats, full=True)
+    rows = compare(
+        "MLP 32 -> 3072 (ReLU)",
+        mlp_generator(),
+        torch.randn(batch, 32, generator=generator),
+        k,
+        repeats,
+        full=True,
+    )
     latents = torch.randn(max(1, batch // 2), 4, 8, 8, generator=generator)
-    rows += compare("AutoencoderKL decoder 4x8x8 -> 3x64x64", small_decoder(), latents, k // 2, repeats, full=not args.quick)
+    rows += compare(
+        "AutoencoderKL decoder 4x8x8 -> 3x64x64",
+        small_decoder(),
+        latents,
+        k // 2,
+        repeats,
+        full=not args.quick,
+    )
     if torch.cuda.is_available():
         rows += gpu_rows(repeats)
     print_table(rows)
-    meta = dict(torch=torch.__version__, geomlib=geomlib.__version__, machine=platform.machine(), threads=torch.get_num_threads(),
-                cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None, batch=batch, k=k, repeats=repeats)
+    meta = dict(
+        torch=torch.__version__,
+        geomlib=geomlib.__version__,
+        machine=platform.machine(),
+        threads=torch.get_num_threads(),
+        cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        batch=batch,
+        k=k,
+        repeats=repeats,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print(f"wrote {args.out}")

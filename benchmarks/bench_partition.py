@@ -69,8 +69,12 @@ def run_exact(width: int, depth: int, max_seconds: float) -> dict:
     proc.join()
     if seconds > max_seconds:
         return {"status": "timeout", "seconds": seconds}
-    return {"status": "ok", "regions": regions, "seconds": seconds,
-            "patterns": {row.tobytes() for row in packed}}
+    return {
+        "status": "ok",
+        "regions": regions,
+        "seconds": seconds,
+        "patterns": {row.tobytes() for row in packed},
+    }
 
 
 @torch.no_grad()
@@ -94,8 +98,7 @@ def grid_patterns(net: nn.Sequential, n: int, chunk: int = 1 << 16) -> set[bytes
     return seen
 
 
-def bench_config(width: int, depth: int, grids: list[int], max_seconds: float,
-                 skip: bool) -> dict:
+def bench_config(width: int, depth: int, grids: list[int], max_seconds: float, skip: bool) -> dict:
     """One (width, depth) row: exact result (or skipped) and grid counts for every N."""
     row: dict = {"width": width, "depth": depth}
     exact = {"status": "skipped"} if skip else run_exact(width, depth, max_seconds)
@@ -115,10 +118,12 @@ def bench_config(width: int, depth: int, grids: list[int], max_seconds: float,
 def format_row(row: dict, grids: list[int]) -> str:
     ex = row["exact"]
     head = f"{row['width']:>5} {row['depth']:>5} "
-    head += (f"{ex['regions']:>8} {ex['seconds']:>8.2f} " if ex["status"] == "ok"
-             else f"{ex['status']:>8} {'-':>8} ")
-    cells = [f"{row['grid'][str(n)]['regions']:>8} {row['grid'][str(n)]['seconds']:>6.2f}"
-             for n in grids]
+    head += (
+        f"{ex['regions']:>8} {ex['seconds']:>8.2f} "
+        if ex["status"] == "ok"
+        else f"{ex['status']:>8} {'-':>8} "
+    )
+    cells = [f"{row['grid'][str(n)]['regions']:>8} {row['grid'][str(n)]['seconds']:>6.2f}" for n in grids]
     missing = [row["grid"][str(n)].get("missing_from_exact") for n in grids]
     subset = "-" if None in missing else ("yes" if sum(missing) == 0 else f"no({max(missing)})")
     return head + " ".join(cells) + f" {subset:>7}"
@@ -130,15 +135,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--grid", type=int, nargs="+", default=[250, 500, 1000, 2000])
-    parser.add_argument("--max-seconds", type=float, default=120.0,
-                        help="per-configuration limit for exact_partition")
+    parser.add_argument(
+        "--max-seconds", type=float, default=120.0, help="per-configuration limit for exact_partition"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.widths, args.depths, args.grid = [16, 32], [2], [250, 500]
 
-    header = f"{'width':>5} {'depth':>5} {'exact':>8} {'sec':>8} " + " ".join(
-        f"{'N=' + str(n):>8} {'sec':>6}" for n in args.grid) + f" {'subset':>7}"
+    header = (
+        f"{'width':>5} {'depth':>5} {'exact':>8} {'sec':>8} "
+        + " ".join(f"{'N=' + str(n):>8} {'sec':>6}" for n in args.grid)
+        + f" {'subset':>7}"
+    )
     print(header, flush=True)
     rows = []
     for depth in args.depths:
@@ -153,9 +162,16 @@ def main(argv: list[str] | None = None) -> None:
             print(format_row(row, args.grid), flush=True)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "threads": torch.get_num_threads(),
-            "bounds": BOUNDS, "grids": args.grid, "max_seconds": args.max_seconds}
+    meta = {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "bounds": BOUNDS,
+        "grids": args.grid,
+        "max_seconds": args.max_seconds,
+    }
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 

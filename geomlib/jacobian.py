@@ -108,11 +108,11 @@ def vjp_rows(
     """
     batch = z.shape[0]
     with autodiff_attention():
-        out, pullback = vjp(f, z)
+        out, pullback = vjp(f, z)[:2]  # (no auxiliary output)
         if cotangents.ndim == 2:
             cotangents = cotangents.unsqueeze(1).expand(-1, batch, -1)
         cotangents = cotangents.reshape(cotangents.shape[0], *out.shape).to(out.dtype)
-        (rows,) = vmap(pullback, chunk_size=chunk_size)(cotangents)
+        rows = vmap(pullback, chunk_size=chunk_size)(cotangents)[0]
     return rows.reshape(rows.shape[0], batch, -1).transpose(0, 1)
 
 
@@ -319,8 +319,8 @@ def jacobian_singular_values(
 
     Returns
     -------
-    ``(B, m)`` singular values, descending, in ``z``'s dtype (float32 for half precision); detached (computed without a graph
-    to the parameters, which saves memory).
+    ``(B, m)`` singular values, descending, in ``z``'s dtype (float32 for half precision);
+    detached (computed without a graph to the parameters, which saves memory).
 
     Notes
     -----

@@ -45,15 +45,14 @@ class _Op:
 
     kind: str  # "linear" or "act"
     name: str
-    W: np.ndarray | None = None  # (out, in)
-    b: np.ndarray | None = None  # (out,)
+    W: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (out, in); empty for "act"
+    b: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (out,)
     slope: float = 0.0  # 0 for ReLU, negative_slope for LeakyReLU
 
 
 def _unsupported(module: nn.Module, name: str) -> ValueError:
     return ValueError(
-        "exact_partition supports Linear/ReLU/LeakyReLU only; "
-        f"got {type(module).__name__} at '{name}'"
+        f"exact_partition supports Linear/ReLU/LeakyReLU only; got {type(module).__name__} at '{name}'"
     )
 
 
@@ -79,7 +78,7 @@ def _traced_chain(module: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
     )
     try:
         graph = torch.fx.symbolic_trace(module).graph
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means "unsupported"
+    except Exception as exc:
         raise not_chain from exc
     leaves: list[tuple[str, nn.Module]] = []
     prev = None
@@ -111,13 +110,18 @@ def _parse_network(net: nn.Module) -> list[_Op]:
     for name, mod in _leaf_modules(net, "net"):
         if isinstance(mod, nn.Linear):
             if mod.in_features != dim:
-                what = "first Linear must have in_features == 2" if not seen_linear else (
-                    f"Linear expects in_features == {dim}")
-                raise ValueError(f"exact_partition: {what}; got in_features={mod.in_features} "
-                                 f"at '{name}'")
+                what = (
+                    "first Linear must have in_features == 2"
+                    if not seen_linear
+                    else (f"Linear expects in_features == {dim}")
+                )
+                raise ValueError(f"exact_partition: {what}; got in_features={mod.in_features} at '{name}'")
             W = mod.weight.detach().cpu().to(torch.float64).numpy().copy()
-            b = (mod.bias.detach().cpu().to(torch.float64).numpy().copy()
-                 if mod.bias is not None else np.zeros(mod.out_features))
+            b = (
+                mod.bias.detach().cpu().to(torch.float64).numpy().copy()
+                if mod.bias is not None
+                else np.zeros(mod.out_features)
+            )
             ops.append(_Op("linear", name, W=W, b=b))
             dim, seen_linear = mod.out_features, True
         elif isinstance(mod, nn.LeakyReLU):
@@ -212,8 +216,9 @@ def _dedupe(poly: np.ndarray, eps: float) -> np.ndarray:
     return poly[keep] if keep.any() else poly[:1]
 
 
-def _split_region(poly: np.ndarray, F: np.ndarray, g: np.ndarray, tol: np.ndarray,
-                  idx: np.ndarray, geom: _Geometry) -> list[np.ndarray]:
+def _split_region(
+    poly: np.ndarray, F: np.ndarray, g: np.ndarray, tol: np.ndarray, idx: np.ndarray, geom: _Geometry
+) -> list[np.ndarray]:
     """Cut a convex polygon by the lines ``F[k] @ x + g[k] = 0`` for k in ``idx``.
 
     Parameters
@@ -245,18 +250,19 @@ def _split_region(poly: np.ndarray, F: np.ndarray, g: np.ndarray, tol: np.ndarra
     return out
 
 
-def _cutting_mask(polys: list[np.ndarray], M: np.ndarray, c: np.ndarray, tol: np.ndarray,
-                  budget: int = 1 << 22) -> np.ndarray:
+def _cutting_mask(
+    polys: list[np.ndarray], M: np.ndarray, c: np.ndarray, tol: np.ndarray, budget: int = 1 << 22
+) -> np.ndarray:
     """(R, d) bool: whether feature k's zero line strictly separates vertices of region r."""
     R, d, _ = M.shape
     mask = np.zeros((R, d), dtype=bool)
     n_max = max(len(p) for p in polys)
     step = max(1, budget // max(1, n_max * d))
     for lo in range(0, R, step):
-        V, _ = _pad_polygons(polys[lo:lo + step])  # padding repeats a real vertex
-        S = np.einsum("rnk,rdk->rnd", V, M[lo:lo + step]) + c[lo:lo + step, None, :]
-        t = tol[lo:lo + step, None, :]
-        mask[lo:lo + step] = (S > t).any(axis=1) & (S < -t).any(axis=1)
+        V, _ = _pad_polygons(polys[lo : lo + step])  # padding repeats a real vertex
+        S = np.einsum("rnk,rdk->rnd", V, M[lo : lo + step]) + c[lo : lo + step, None, :]
+        t = tol[lo : lo + step, None, :]
+        mask[lo : lo + step] = (t < S).any(axis=1) & (-t > S).any(axis=1)
     return mask
 
 
@@ -290,8 +296,11 @@ def _apply_activation(state: _Regions, op: _Op, geom: _Geometry) -> _Regions:
     parents: list[int] = []
     for r in range(len(state.polys)):
         idx = cutting[r].nonzero()[0]
-        pieces = (_split_region(state.polys[r], state.M[r], state.c[r], tol[r], idx, geom)
-                  if idx.size else [state.polys[r]])
+        pieces = (
+            _split_region(state.polys[r], state.M[r], state.c[r], tol[r], idx, geom)
+            if idx.size
+            else [state.polys[r]]
+        )
         polys += pieces
         parents += [r] * len(pieces)
     par = np.asarray(parents, dtype=np.intp)
@@ -374,12 +383,12 @@ class Partition:
             points = points.detach().cpu().to(torch.float64).numpy()
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         xmin, xmax, ymin, ymax = self.bounds
-        inside = ((pts[:, 0] >= xmin) & (pts[:, 0] <= xmax)
-                  & (pts[:, 1] >= ymin) & (pts[:, 1] <= ymax))
+        inside = (pts[:, 0] >= xmin) & (pts[:, 0] <= xmax) & (pts[:, 1] >= ymin) & (pts[:, 1] <= ymax)
         out = np.full(len(pts), -1, dtype=np.int64)
         idx = np.flatnonzero(inside)
-        found = self._locate_by_pattern(pts[idx]) if self._ops is not None else -np.ones(
-            len(idx), dtype=np.int64)
+        found = (
+            self._locate_by_pattern(pts[idx]) if self._ops is not None else -np.ones(len(idx), dtype=np.int64)
+        )
         todo = found < 0
         if todo.any():
             found[todo] = self._locate_by_polygon(pts[idx[todo]])
@@ -393,6 +402,7 @@ class Partition:
             for r, key in enumerate(_pattern_keys(self.patterns)):
                 lookup[key] = -1 if key in lookup else r  # -1 marks a duplicated pattern
             self._lookup = lookup
+        assert self._ops is not None  # locate() only calls this when the network is known
         keys = _pattern_keys(_forward_signs(self._ops, pts))
         return np.array([self._lookup.get(k, -1) for k in keys], dtype=np.int64)
 
@@ -404,12 +414,11 @@ class Partition:
         out = np.empty(len(pts), dtype=np.int64)
         chunk = max(1, budget // valid.size)
         for lo in range(0, len(pts), chunk):
-            P = pts[lo:lo + chunk]  # (p, 2)
+            P = pts[lo : lo + chunk]  # (p, 2)
             rel = P[:, None, None, :] - V[None]  # (p, R, n, 2)
-            dist = (E[None, ..., 0] * rel[..., 1] - E[None, ..., 1] * rel[..., 0]) / np.where(
-                valid, L, 1.0)
+            dist = (E[None, ..., 0] * rel[..., 1] - E[None, ..., 1] * rel[..., 0]) / np.where(valid, L, 1.0)
             depth = np.where(valid[None], dist, np.inf).min(axis=2)  # (p, R)
-            out[lo:lo + chunk] = depth.argmax(axis=1)
+            out[lo : lo + chunk] = depth.argmax(axis=1)
         return out
 
 
@@ -435,9 +444,9 @@ def _pad_polygons(polygons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return V, valid
 
 
-def exact_partition(net: nn.Module,
-                    bounds: tuple[float, float, float, float] = (-1.0, 1.0, -1.0, 1.0)
-                    ) -> Partition:
+def exact_partition(
+    net: nn.Module, bounds: tuple[float, float, float, float] = (-1.0, 1.0, -1.0, 1.0)
+) -> Partition:
     """Exact partition of the box into the linear regions of ``net``.
 
     Parameters
@@ -464,7 +473,13 @@ def exact_partition(net: nn.Module,
     geom = _Geometry(scale=scale, min_area=_RTOL_AREA * area, eps_point=1e-13 * scale)
     state = _Regions([box], np.eye(2)[None], np.zeros((1, 2)), np.zeros((1, 0), dtype=bool))
     for op in ops:
-        state = _apply_linear(state, op) if op.kind == "linear" else _apply_activation(
-            state, op, geom)
-    return Partition(polygons=state.polys, A=state.M, b=state.c, patterns=state.patterns,
-                     psi=_psi(state.M), bounds=(xmin, xmax, ymin, ymax), _ops=ops)
+        state = _apply_linear(state, op) if op.kind == "linear" else _apply_activation(state, op, geom)
+    return Partition(
+        polygons=state.polys,
+        A=state.M,
+        b=state.c,
+        patterns=state.patterns,
+        psi=_psi(state.M),
+        bounds=(xmin, xmax, ymin, ymax),
+        _ops=ops,
+    )

@@ -51,8 +51,10 @@ def heatmap_panels(
     titles = {**DESCRIPTOR_LABELS, **(titles or {})}
     cmaps = {**DESCRIPTOR_CMAPS, **(cmaps or {})}
     fig, axes = plt.subplots(1, len(values), figsize=(panel_size * len(values), panel_size), squeeze=False)
-    for ax, (name, grid) in zip(axes[0], values.items()):
-        image = ax.imshow(np.asarray(grid), origin="lower", extent=extent, cmap=cmaps.get(name, "viridis"), aspect="auto")
+    for ax, (name, grid) in zip(axes[0], values.items(), strict=True):
+        image = ax.imshow(
+            np.asarray(grid), origin="lower", extent=extent, cmap=cmaps.get(name, "viridis"), aspect="auto"
+        )
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         if points is not None:
             ax.scatter(points[:, 0], points[:, 1], s=4, c="white", edgecolors="black", linewidths=0.3)
@@ -107,7 +109,10 @@ def slider_animation(
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-    anim = animation.FuncAnimation(fig, update, frames=n_frames, interval=interval_ms, blit=False)
+    def draw(frame: int) -> None:
+        update(frame)
+
+    anim = animation.FuncAnimation(fig, draw, frames=n_frames, interval=interval_ms, blit=False)
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
     return html

@@ -19,6 +19,7 @@ executes anything itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -56,7 +57,7 @@ def discover(folder: Path = ROOT / "notebooks", only: Iterable[str] = ()) -> lis
     return [p for p in notebooks if not only or p.name.startswith(only)]
 
 
-def _hash_tree(digest: "hashlib._Hash", path: Path) -> None:
+def _hash_tree(digest: hashlib._Hash, path: Path) -> None:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         if "__pycache__" in file.parts or file.suffix == ".pyc":
@@ -91,10 +92,8 @@ class PeakMemory:
         while not self._stop.is_set():
             total = 0
             for child in me.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):  # the child ended between listing and reading
                     total += child.memory_info().rss
-                except psutil.Error:  # the child ended between listing and reading
-                    pass
             self.peak_bytes = max(self.peak_bytes, total)
             self._stop.wait(self.interval)
 
@@ -131,8 +130,14 @@ def run_notebook(
     with PeakMemory() as memory:
         try:
             papermill.execute_notebook(
-                str(notebook), str(executed), parameters=parameters, kernel_name="python3", language="python",
-                cwd=str(notebook.parent), execution_timeout=cell_timeout, progress_bar=True,
+                str(notebook),
+                str(executed),
+                parameters=parameters,
+                kernel_name="python3",
+                language="python",
+                cwd=str(notebook.parent),
+                execution_timeout=cell_timeout,
+                progress_bar=True,
             )
             status, error = "ok", ""
         except Exception as exc:  # noqa: BLE001 -- any failure is recorded and reported at the end
@@ -144,8 +149,13 @@ def run_notebook(
 
 
 def run_all(
-    notebooks: list[Path], profile: str, *, device: str | None = None, model: str | None = None,
-    cell_timeout: int = 1800, force: bool = False,
+    notebooks: list[Path],
+    profile: str,
+    *,
+    device: str | None = None,
+    model: str | None = None,
+    cell_timeout: int = 1800,
+    force: bool = False,
 ) -> list[NotebookRun]:
     """Run every notebook (failures do not stop the others) and write the summary table."""
     parameters = {"profile": profile}
@@ -164,6 +174,7 @@ def run_all(
 
 
 def format_table(runs: list[NotebookRun], profile: str) -> str:
+    """A markdown table of the runs: status, wall time, peak memory and error per notebook."""
     lines = [
         f"Notebook runs, profile {profile}",
         "",
@@ -171,7 +182,9 @@ def format_table(runs: list[NotebookRun], profile: str) -> str:
         "|---|---|---:|---:|---|",
     ]
     for run in runs:
-        lines.append(f"| {run.name} | {run.status} | {run.seconds:.1f} | {run.peak_memory_mb:.0f} | {run.error} |")
+        lines.append(
+            f"| {run.name} | {run.status} | {run.seconds:.1f} | {run.peak_memory_mb:.0f} | {run.error} |"
+        )
     return "\n".join(lines)
 
 
@@ -193,8 +206,15 @@ def build_book(executed_dir: Path, output: Path = ROOT) -> Path:
     """Build the HTML book from the executed notebooks; warnings are errors. Returns the HTML dir."""
     staging = stage_book(executed_dir)
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jupyter_book if jupyter_book.exists() else "jupyter-book"), "build", str(staging),
-               "--path-output", str(output), "--warningiserror", "--keep-going"]
+    command = [
+        str(jupyter_book if jupyter_book.exists() else "jupyter-book"),
+        "build",
+        str(staging),
+        "--path-output",
+        str(output),
+        "--warningiserror",
+        "--keep-going",
+    ]
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if result.returncode != 0:
         raise RuntimeError(f"jupyter-book build failed (exit {result.returncode}); see the log above")
@@ -202,7 +222,10 @@ def build_book(executed_dir: Path, output: Path = ROOT) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Command line entry point; returns the exit status (1 when any notebook failed)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="book", choices=["smoke", "book", "paper"])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     parser.add_argument("--model", default=None, help="pipeline for the latent-diffusion chapters")
@@ -214,8 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = discover(only=args.only)
     if not notebooks and args.only:
         parser.error(f"no notebook matches {args.only}")
-    runs = run_all(notebooks, args.profile, device=args.device, model=args.model,
-                   cell_timeout=args.cell_timeout, force=args.force)
+    runs = run_all(
+        notebooks,
+        args.profile,
+        device=args.device,
+        model=args.model,
+        cell_timeout=args.cell_timeout,
+        force=args.force,
+    )
     failed = [run for run in runs if run.status == "failed"]
     for run in failed:
         print(f"FAILED {run.name}: {run.error}", file=sys.stderr)

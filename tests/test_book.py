@@ -11,7 +11,9 @@ import pytest
 
 from geomlib import runner
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+)
 # Chromium logs every console message at INFO; these are the ones that mean something broke.
 CONSOLE_ERROR = re.compile(r"CONSOLE.*(Uncaught|Error|Failed to load|net::ERR_)", re.IGNORECASE)
 
@@ -35,12 +37,27 @@ def test_every_page_is_built(html):
 
 def render(page: Path, screenshot: Path) -> tuple[str, str]:
     """The DOM after scripts ran, and Chromium's log; also saves a screenshot."""
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0",
-             f"--user-data-dir={screenshot.parent / 'chromium-profile'}", "--virtual-time-budget=10000"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={screenshot.parent / 'chromium-profile'}",
+        "--virtual-time-budget=10000",
+    ]
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    subprocess.run([*flags, "--window-size=1280,1600", f"--screenshot={screenshot}", page.as_uri()],
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [*flags, "--window-size=1280,1600", f"--screenshot={screenshot}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return dom.stdout, dom.stderr
 
 

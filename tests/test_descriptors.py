@@ -25,7 +25,9 @@ def closed_form_rank(values):
 def test_local_scaling_and_rank_closed_form_on_linear_maps(linear_map):
     truths = [[4.0, 2.0, 1.0, 0.5], [1.0, 1.0, 1.0, 1.0], [10.0, 1e-3, 1e-3, 1e-3]]
     matrices = torch.stack([linear_map(t, 4, 6, seed=i) for i, t in enumerate(truths)])
-    sigma = jacobian_singular_values(lambda z: torch.einsum("bde,be->bd", matrices, z), torch.randn(3, 4, dtype=torch.float64))
+    sigma = jacobian_singular_values(
+        lambda z: torch.einsum("bde,be->bd", matrices, z), torch.randn(3, 4, dtype=torch.float64)
+    )
     expected_psi = torch.tensor([sum(math.log(v) for v in t) for t in truths], dtype=torch.float64)
     expected_nu = torch.tensor([closed_form_rank(t) for t in truths], dtype=torch.float64)
     torch.testing.assert_close(local_scaling(sigma), expected_psi)
@@ -38,12 +40,16 @@ def test_rank_deficient_jacobian_ignores_zero_singular_values(linear_map):
     sigma = jacobian_singular_values(lambda z: z @ matrix.T, torch.randn(2, 5, dtype=torch.float64))
     assert sigma.shape == (2, 5) and (sigma[:, 2:] < 1e-12).all()
     torch.testing.assert_close(local_scaling(sigma), torch.full((2,), math.log(1.5), dtype=torch.float64))
-    torch.testing.assert_close(local_rank(sigma), torch.full((2,), closed_form_rank([3.0, 0.5]), dtype=torch.float64))
+    torch.testing.assert_close(
+        local_rank(sigma), torch.full((2,), closed_form_rank([3.0, 0.5]), dtype=torch.float64)
+    )
 
 
 def test_local_scaling_tolerance_and_degenerate_spectra():
     sigma = torch.tensor([[2.0, 1.0, 0.1], [0.0, 0.0, 0.0]], dtype=torch.float64)
-    torch.testing.assert_close(local_scaling(sigma, tol=0.5), torch.tensor([math.log(2.0), 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        local_scaling(sigma, tol=0.5), torch.tensor([math.log(2.0), 0.0], dtype=torch.float64)
+    )
     assert local_rank(sigma)[1].item() == 0.0
     with pytest.raises(ValueError, match="non-negative"):
         local_scaling(torch.tensor([[1.0, -1.0]]))
@@ -99,7 +105,9 @@ def test_deeper_layers_against_manual_vertex_evaluation():
         positive = pre > 0
         expected = (positive.any(1) & ~positive.all(1)).sum(1)
         assert torch.equal(by_layer[name], expected), name
-    assert torch.equal(local_complexity(net, z, radius=0.4, directions=directions), by_layer["1"] + by_layer["3"])
+    assert torch.equal(
+        local_complexity(net, z, radius=0.4, directions=directions), by_layer["1"] + by_layer["3"]
+    )
 
 
 class SharedActivation(nn.Module):

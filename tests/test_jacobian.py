@@ -25,7 +25,9 @@ def batched_linear(matrices):
 
 def smooth_mlp(in_dim=6, out_dim=9, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(in_dim, 16), nn.Tanh(), nn.Linear(16, 16), nn.Softplus(), nn.Linear(16, out_dim)).double()
+    return nn.Sequential(
+        nn.Linear(in_dim, 16), nn.Tanh(), nn.Linear(16, 16), nn.Softplus(), nn.Linear(16, out_dim)
+    ).double()
 
 
 def finite_difference_jacobian(f, z, eps=1e-6):

@@ -28,15 +28,16 @@ def make_mlp(width: int, depth: int, act: str = "relu", seed: int = 0, out: int 
     g = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = []
     dims = [2] + [width] * depth
-    for d_in, d_out in zip(dims[:-1], dims[1:]):
+    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
         layers += [nn.Linear(d_in, d_out), nn.ReLU() if act == "relu" else nn.LeakyReLU(0.1)]
     layers.append(nn.Linear(width, out))
     net = nn.Sequential(*layers).double()
     with torch.no_grad():
         for m in net:
             if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g, dtype=torch.float64)
-                               / math.sqrt(m.in_features))
+                m.weight.copy_(
+                    torch.randn(m.weight.shape, generator=g, dtype=torch.float64) / math.sqrt(m.in_features)
+                )
                 m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g, dtype=torch.float64))
     return net
 
@@ -56,8 +57,11 @@ def first_layer_net(W: list[list[float]], b: list[float], act: nn.Module | None 
 def hook_patterns(net: nn.Module, x: np.ndarray) -> np.ndarray:
     """Activation pattern (P, N) of points x (P, 2) read by forward hooks on the activations."""
     signs: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: signs.append(inp[0] > 0))
-             for m in net.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: signs.append(inp[0] > 0))
+        for m in net.modules()
+        if isinstance(m, (nn.ReLU, nn.LeakyReLU))
+    ]
     try:
         with torch.no_grad():
             net(torch.as_tensor(x, dtype=torch.float64))
@@ -74,9 +78,9 @@ def depth_in_polygons(polygons: list[np.ndarray], x: np.ndarray, chunk: int = 51
     for r, poly in enumerate(polygons):
         v, e = poly, np.roll(poly, -1, axis=0) - poly
         for lo in range(0, len(x), chunk):
-            rel = x[lo:lo + chunk, None, :] - v[None]
+            rel = x[lo : lo + chunk, None, :] - v[None]
             cross = e[None, :, 0] * rel[..., 1] - e[None, :, 1] * rel[..., 0]
-            out[lo:lo + chunk, r] = (cross / np.linalg.norm(e, axis=1)).min(axis=1)
+            out[lo : lo + chunk, r] = (cross / np.linalg.norm(e, axis=1)).min(axis=1)
     return out
 
 
@@ -121,14 +125,20 @@ def check_partition(net: nn.Module, part: Partition, n_points: int = 3000, seed:
     c = np.array([poly.mean(axis=0) for poly in part.polygons])
     with torch.no_grad():
         y_c = net(torch.as_tensor(c, dtype=next(net.parameters()).dtype)).double().numpy()
-    np.testing.assert_allclose(np.einsum("rij,rj->ri", part.A, c) + part.b, y_c,
-                               rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(np.einsum("rij,rj->ri", part.A, c) + part.b, y_c, rtol=1e-5, atol=1e-9)
     deep = depth_in_polygons(part.polygons, c)[np.arange(len(c)), np.arange(len(c))] > 1e-9
     np.testing.assert_array_equal(part.patterns[deep], hook_patterns(net, c)[deep])
 
 
-NETS = [(4, 1, "relu", 0), (32, 1, "leaky", 1), (8, 2, "relu", 2), (16, 2, "leaky", 3),
-        (12, 3, "relu", 4), (16, 3, "leaky", 5), (24, 2, "relu", 6)]
+NETS = [
+    (4, 1, "relu", 0),
+    (32, 1, "leaky", 1),
+    (8, 2, "relu", 2),
+    (16, 2, "leaky", 3),
+    (12, 3, "relu", 4),
+    (16, 3, "leaky", 5),
+    (24, 2, "relu", 6),
+]
 
 
 # ----------------------------------------------------------------------------- random nets
@@ -262,8 +272,7 @@ def test_nearly_parallel_and_sliver_lines() -> None:
 
 def test_concurrent_lines_deep_net() -> None:
     W, b = concurrent_lines((0.0, 0.0), [0.2 * i for i in range(8)])
-    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
-                        nn.Linear(8, 2)).double()
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).double()
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor(W, dtype=torch.float64))
         net[0].bias.copy_(torch.tensor(b, dtype=torch.float64))
@@ -292,23 +301,32 @@ class Residual(Chain):
 
 def test_nested_sequential_and_traced_chain() -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(2, 6), nn.ReLU()),
-                        nn.Identity(), nn.Sequential(nn.Sequential(nn.Linear(6, 6), nn.LeakyReLU())),
-                        nn.Linear(6, 3)).double()
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Sequential(nn.Linear(2, 6), nn.ReLU()),
+        nn.Identity(),
+        nn.Sequential(nn.Sequential(nn.Linear(6, 6), nn.LeakyReLU())),
+        nn.Linear(6, 3),
+    ).double()
     check_partition(net, exact_partition(net, BOX), n_points=500)
     chain = Chain().double()
     check_partition(chain, exact_partition(chain, BOX), n_points=500)
 
 
-@pytest.mark.parametrize("net,match", [
-    (nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 1)),
-     r"GELU at 'net\.3'"),
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), r"Conv2d at 'net\.0'"),
-    (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)), r"in_features=3 at 'net\.0'"),
-    (nn.Sequential(nn.Linear(2, 4), nn.SiLU()), "SiLU"),
-    (nn.MultiheadAttention(2, 1), "MultiheadAttention"),
-    (Residual(), "Residual"),
-])
+@pytest.mark.parametrize(
+    "net,match",
+    [
+        (
+            nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 1)),
+            r"GELU at 'net\.3'",
+        ),
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), r"Conv2d at 'net\.0'"),
+        (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)), r"in_features=3 at 'net\.0'"),
+        (nn.Sequential(nn.Linear(2, 4), nn.SiLU()), "SiLU"),
+        (nn.MultiheadAttention(2, 1), "MultiheadAttention"),
+        (Residual(), "Residual"),
+    ],
+)
 def test_unsupported_raises(net: nn.Module, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         exact_partition(net, BOX)
