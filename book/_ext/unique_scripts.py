@@ -17,7 +17,10 @@ def _unique_scripts(app: Any, pagename: str, templatename: str, context: dict, d
     seen: set[tuple] = set()
     unique = []
     for script in scripts:
-        key = (getattr(script, "filename", script) or "", tuple(sorted(getattr(script, "attributes", {}).items())))
+        key = (
+            getattr(script, "filename", script) or "",
+            tuple(sorted(getattr(script, "attributes", {}).items())),
+        )
         if key not in seen:
             seen.add(key)
             unique.append(script)
