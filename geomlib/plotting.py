@@ -109,6 +109,7 @@ def slider_animation(
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+
     def draw(frame: int) -> None:
         update(frame)
 
@@ -116,3 +117,53 @@ def slider_animation(
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
     return html
+
+
+def plot_partition(
+    ax,
+    polygons: Sequence[np.ndarray],
+    values: np.ndarray | None = None,
+    *,
+    cmap: str = "viridis",
+    norm=None,
+    edgecolor: str = "black",
+    linewidth: float = 0.15,
+):
+    """Draw the convex regions of a 2-D partition (e.g. ``exact_partition(...).polygons``).
+
+    Parameters
+    ----------
+    ax
+        a 2-D matplotlib axes; its limits are set to the polygons' bounding box.
+    polygons
+        ``R`` arrays of shape ``(n_i, 2)``, the regions' vertices.
+    values
+        optional ``(R,)`` colour value per region (e.g. ``Partition.psi``); without it the
+        regions are drawn unfilled.
+    norm
+        a ``matplotlib.colors.Normalize`` to share colour limits between panels or frames.
+
+    Returns
+    -------
+    The ``PolyCollection`` (pass it to ``fig.colorbar``).
+    """
+    from matplotlib.collections import PolyCollection
+
+    if values is not None and np.shape(values) != (len(polygons),):
+        raise ValueError(f"values must have shape ({len(polygons)},), got {np.shape(values)}")
+    collection = PolyCollection(
+        list(polygons),
+        cmap=cmap,
+        norm=norm,
+        edgecolors=edgecolor,
+        linewidths=linewidth,
+        facecolors="none" if values is None else None,
+    )
+    if values is not None:
+        collection.set_array(np.asarray(values))
+    ax.add_collection(collection)
+    points = np.concatenate(list(polygons))
+    ax.set_xlim(points[:, 0].min(), points[:, 0].max())
+    ax.set_ylim(points[:, 1].min(), points[:, 1].max())
+    ax.set_aspect("equal")
+    return collection
