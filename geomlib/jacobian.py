@@ -111,7 +111,7 @@ def vjp_rows(
         out, pullback = vjp(f, z)[:2]  # (no auxiliary output)
         if cotangents.ndim == 2:
             cotangents = cotangents.unsqueeze(1).expand(-1, batch, -1)
-        cotangents = cotangents.reshape(cotangents.shape[0], *out.shape).to(out.dtype)
+        cotangents = cotangents.reshape(cotangents.shape[0], *out.shape).to(out.dtype).contiguous()
         rows = vmap(pullback, chunk_size=chunk_size)(cotangents)[0]
     return rows.reshape(rows.shape[0], batch, -1).transpose(0, 1)
 
@@ -135,18 +135,27 @@ def jvp_columns(
     Returns
     -------
     ``(B, D, k)``: column ``i`` of sample ``b`` is ``J_b v_i``.
+
+    Notes
+    -----
+    Samples are mapped with ``vmap`` too, so ``f`` sees one sample at a time: forward mode through
+    a diffusers VAE fails with a real batch larger than one (group norm after attention receives a
+    tangent it cannot view), and per-sample mapping is what ``jacfwd`` does anyway.
     """
     batch = z.shape[0]
     if tangents.ndim == 2:
         tangents = tangents.unsqueeze(1).expand(-1, batch, -1)
-    tangents = tangents.reshape(tangents.shape[0], *z.shape).to(z.dtype)
+    tangents = tangents.reshape(tangents.shape[0], *z.shape).to(z.dtype)  # (k, B, *in_shape)
 
-    def push(tangent: torch.Tensor) -> torch.Tensor:
-        return jvp(f, (z,), (tangent,))[1]
+    def one_sample(x: torch.Tensor) -> torch.Tensor:
+        return f(x.unsqueeze(0)).squeeze(0)
+
+    def columns_of(x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        return vmap(lambda v: jvp(one_sample, (x,), (v,))[1], chunk_size=chunk_size)(vectors)
 
     with autodiff_attention():
-        cols = vmap(push, chunk_size=chunk_size)(tangents)
-    return cols.reshape(cols.shape[0], batch, -1).permute(1, 2, 0)
+        cols = vmap(columns_of, in_dims=(0, 1))(z, tangents)  # (B, k, *out_shape)
+    return cols.reshape(batch, cols.shape[1], -1).transpose(1, 2)
 
 
 @torch.no_grad()

@@ -12,6 +12,24 @@ def _linear_map(singular_values, in_dim, out_dim, *, seed=0, dtype=torch.float64
     return ((left * sigma) @ right.T).to(dtype)
 
 
+def _diagonal_quadratic(in_dim, out_dim, *, seed=0):
+    """f(z) = U (z[:m]^2 / 2), ``m = min(E, D)``, U with orthonormal columns.
+
+    J_b = U diag(z_b[:m]) (padded with zero columns), so the singular values of sample b are the
+    sorted |z_b[:m]|: a closed form that differs from sample to sample.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rank = min(in_dim, out_dim)
+    basis = torch.linalg.qr(torch.randn(out_dim, rank, generator=generator, dtype=torch.float64)).Q
+    return lambda z: (z[:, :rank] ** 2 / 2) @ basis.T.to(device=z.device, dtype=z.dtype)
+
+
+@pytest.fixture
+def diagonal_quadratic():
+    """Factory for maps whose per-sample singular values are |z_b| (see ``_diagonal_quadratic``)."""
+    return _diagonal_quadratic
+
+
 @pytest.fixture
 def linear_map():
     """Factory for matrices with known singular values: the closed-form truth of many tests."""
