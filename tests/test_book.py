@@ -22,7 +22,7 @@ CONSOLE_ERROR = re.compile(r"CONSOLE.*(Uncaught|Error|Failed to load|net::ERR_)"
 def html(tmp_path_factory):
     if not Path(sys.executable).with_name("jupyter-book").exists() and not shutil.which("jupyter-book"):
         pytest.skip("jupyter-book is not installed (pip install -e '.[book]')")
-    runs = runner.run_all(runner.discover(), "smoke")  # cached when test_notebooks ran already
+    runs = runner.run_all(runner.discover(), "smoke", cell_timeout=600)  # cached after test_notebooks
     assert not [r for r in runs if r.status == "failed"], runner.format_table(runs, "smoke")
     return runner.build_book(runner.BUILD / "executed" / "smoke", output=tmp_path_factory.mktemp("book"))
 
