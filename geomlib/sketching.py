@@ -8,10 +8,13 @@ the sketched ψ and ν rank latents compared with the exact ones, and what each 
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 from torch import nn
 
@@ -20,13 +23,11 @@ from geomlib.jacobian import BatchFunction, jacobian_singular_values
 
 #: Budgets of the theory chapter's measurements.
 SKETCHING_BUDGETS: dict[str, dict] = {
-    "smoke": dict(n_latents=3, ks=[4, 8], power_iters=[0, 1], latent_size=4, widths=[32, 32, 32]),
-    "book": dict(
-        n_latents=12, ks=[8, 16, 32, 64, 120], power_iters=[0, 1, 2], latent_size=8, widths=[32, 32, 64, 64]
-    ),
+    "smoke": dict(n_latents=3, ks=[4], power_iters=[1], latent_size=2, widths=[32, 32]),
+    "book": dict(n_latents=8, ks=[4, 8, 16, 32], power_iters=[0, 1], latent_size=4, widths=[32, 32, 64]),
     "paper": dict(
         n_latents=64,
-        ks=[8, 16, 32, 64, 120, 240],
+        ks=[8, 16, 32, 64, 120],
         power_iters=[0, 1, 2, 4],
         latent_size=8,
         widths=[32, 32, 64, 64],
@@ -47,7 +48,7 @@ def random_vae_decoder(
     # diffusers initialises weights from the global RNG: seed a fork of it, leave the caller's alone
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKL(
+        vae: Any = AutoencoderKL(
             down_block_types=["DownEncoderBlock2D"] * len(widths),
             up_block_types=["UpDecoderBlock2D"] * len(widths),
             block_out_channels=widths,
@@ -55,14 +56,14 @@ def random_vae_decoder(
             latent_channels=4,
             norm_num_groups=min(32, min(widths)),
             sample_size=latent_size * 2 ** (len(widths) - 1),
-        ).eval()
-    return _Decode(vae), (4, latent_size, latent_size)
+        )
+    return _Decode(vae).eval(), (4, latent_size, latent_size)
 
 
 class _Decode(nn.Module):
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
-        self.vae = vae
+        self.vae: Any = vae  # diffusers' AutoencoderKL (its stubs hide decode's return type)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents).sample
@@ -86,7 +87,8 @@ def sketch_accuracy(
     """Compare the projected and randomized methods with the exact spectrum at ``z: (B, *in)``.
 
     For every ``k`` (and every number of power iterations for ``randomized``) it records the
-    median relative error of the top ``min(top, k)`` singular values, the Spearman correlation
+    median relative error of the top ``min(top, k)`` singular values, whether they all lie below
+    the exact ones (``below_exact``, which interlacing guarantees for ``projected``), the Spearman correlation
     across latents of the method's ψ and ν with the exact ones, and the wall time.
 
     Returns
@@ -119,6 +121,8 @@ def _row(method, k, q, sigma, exact, exact_psi, exact_nu, seconds, top) -> dict:
         method=method,
         k=k,
         power_iters=q,
+        # Cauchy interlacing: sigma_i(W J) <= sigma_i(J) for W with orthonormal rows
+        below_exact=bool((sigma[:, :n] <= exact[:, :n] * (1 + 1e-4)).all()),
         top_sigma_rel_error=float(np.median(relative)),
         psi_spearman=_spearman(psi, exact_psi),
         nu_spearman=_spearman(nu, exact_nu),
@@ -130,3 +134,69 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(spearmanr(a, b).statistic)
+
+
+def spectra(
+    f: BatchFunction,
+    z: torch.Tensor,
+    k: int,
+    power_iters: int = 1,
+    *,
+    seed: int = 0,
+    exact: torch.Tensor | None = None,
+) -> dict[str, np.ndarray]:
+    """Exact, projected and randomized singular values of one latent ``z: (1, *in)``, as arrays.
+
+    ``exact: (1, m)`` reuses an exact spectrum computed before.
+    """
+    if exact is None:
+        exact = jacobian_singular_values(f, z, method="exact")
+    return {
+        "exact": exact[0].cpu().numpy(),
+        f"projected k={k}": jacobian_singular_values(f, z, method="projected", k=k, seed=seed)[0].numpy(),
+        f"randomized k={k}, q={power_iters}": jacobian_singular_values(
+            f, z, method="randomized", k=k, power_iters=power_iters, seed=seed
+        )[0].numpy(),
+    }
+
+
+def plot_spectra(values: dict[str, np.ndarray], ax: plt.Axes | None = None) -> plt.Axes:
+    """Singular values against their index on a log scale, one line per method."""
+    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    styles: dict[str, dict[str, Any]] = {
+        "exact": dict(color="black", lw=2),
+        "projected": dict(marker="o", ms=3),
+        "randomized": dict(marker="x"),
+    }
+    for name, sigma in values.items():
+        ax.semilogy(np.arange(1, len(sigma) + 1), sigma, label=name, **styles[name.split()[0]])
+    ax.set_xlabel("index $i$")
+    ax.set_ylabel(r"singular value $s_i$")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_accuracy(table: pd.DataFrame) -> Figure:
+    """Three panels against k: top-singular-value error, and rank agreement of ψ and of ν."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    sketches = table[table.method != "exact"]
+    for (method, q), group in sketches.groupby(["method", "power_iters"]):
+        label = method if method == "projected" else f"randomized, q={q}"
+        style = dict(marker="o") if method == "projected" else dict(marker="x", linestyle="--")
+        axes[0].semilogy(group.k, group.top_sigma_rel_error, label=label, **style)
+        axes[1].plot(group.k, group.psi_spearman, label=label, **style)
+        axes[2].plot(group.k, group.nu_spearman, label=label, **style)
+    titles = [
+        "median rel. error of top singular values",
+        r"Spearman with exact $\psi$",
+        r"Spearman with exact $\nu$",
+    ]
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sketch size $k$")
+        ax.set_title(title, fontsize=10)
+    axes[1].set_ylim(-1.05, 1.05)
+    axes[2].set_ylim(-1.05, 1.05)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
