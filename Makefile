@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 # The CPU build these machines hold; override for a GPU, e.g. TORCH="torch==2.13.0" with your CUDA index.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-# make book PROFILE=smoke|book|paper DEVICE=cpu|cuda MODEL=path-or-hub-id
+# make book PROFILE=smoke|book|paper DEVICE=cpu|cuda MODEL=path-or-hub-id PARAMS="name=value ..."
 PROFILE ?= book
 DEVICE ?=
 MODEL ?=
+PARAMS ?=
 
 .PHONY: install lint fmt browser test book bench clean
 
@@ -54,7 +55,7 @@ test: install lint browser
 	$(PY) -m pytest
 
 book: install
-	$(PY) -m geomlib.runner --profile $(PROFILE) $(if $(DEVICE),--device $(DEVICE)) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m geomlib.runner --profile $(PROFILE) $(if $(DEVICE),--device $(DEVICE)) $(if $(MODEL),--model $(MODEL)) $(foreach p,$(PARAMS),-p $(p))
 
 bench: install
 	$(PY) benchmarks/bench_jacobian.py

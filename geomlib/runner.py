@@ -154,12 +154,18 @@ def run_all(
     *,
     device: str | None = None,
     model: str | None = None,
+    extra: dict[str, str] | None = None,
     cell_timeout: int = 1800,
     force: bool = False,
 ) -> list[NotebookRun]:
-    """Run every notebook (failures do not stop the others) and write the summary table."""
-    parameters = {"profile": profile}
+    """Run every notebook (failures do not stop the others) and write the summary table.
+
+    ``extra`` parameters (e.g. ``{"imagenet_folder": "/data/imagenet"}``) are injected into every
+    notebook; papermill warns about, and a notebook ignores, those it does not declare.
+    """
+    parameters: dict[str, str] = {"profile": profile}
     parameters.update({k: v for k, v in {"device": device, "model": model}.items() if v})
+    parameters.update(extra or {})
     out_dir = BUILD / "executed" / profile
     runs = []
     for notebook in notebooks:
@@ -229,11 +235,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="book", choices=["smoke", "book", "paper"])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     parser.add_argument("--model", default=None, help="pipeline for the latent-diffusion chapters")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra notebook parameter, e.g. -p imagenet_folder=/data/imagenet (repeatable)",
+    )
     parser.add_argument("--only", nargs="*", default=[], help="notebook name prefixes, e.g. 01 03")
     parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds per cell")
     parser.add_argument("--force", action="store_true", help="re-execute even when cached")
     parser.add_argument("--no-build", action="store_true", help="execute only, do not build HTML")
     args = parser.parse_args(argv)
+    malformed = [item for item in args.param if "=" not in item]
+    if malformed:
+        parser.error(f"--param takes NAME=VALUE, got {malformed}")
+    extra = dict(item.split("=", 1) for item in args.param)
     notebooks = discover(only=args.only)
     if not notebooks and args.only:
         parser.error(f"no notebook matches {args.only}")
@@ -242,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         args.profile,
         device=args.device,
         model=args.model,
+        extra=extra,
         cell_timeout=args.cell_timeout,
         force=args.force,
     )

@@ -58,3 +58,23 @@ def test_discover_filters_numbered_notebooks(tmp_path):
         (tmp_path / name).write_text("{}")
     assert [p.name for p in runner.discover(tmp_path)] == ["01_a.ipynb", "02_b.ipynb"]
     assert [p.name for p in runner.discover(tmp_path, only=["02"])] == ["02_b.ipynb"]
+
+
+def test_extra_parameters_reach_the_notebook(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "BUILD", tmp_path / "_build")
+    path = tmp_path / "01_param.ipynb"
+    write_notebook(
+        path, "print('folder is', imagenet_folder)", parameters='profile = "book"\nimagenet_folder = None'
+    )
+    (run,) = runner.run_all([path], "smoke", extra={"imagenet_folder": "/data/in"})
+    assert run.status == "ok"
+    executed = nbformat.read(tmp_path / "_build" / "executed" / "smoke" / path.name, as_version=4)
+    assert "folder is /data/in" in "".join(
+        o.get("text", "") for c in executed.cells for o in c.get("outputs", [])
+    )
+
+
+def test_malformed_param_is_a_usage_error():
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(["--param", "no-equals-sign", "--only", "00"])
+    assert exit_info.value.code == 2
