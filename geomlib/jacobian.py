@@ -4,13 +4,12 @@ A generator ``f`` maps a batch ``z: (B, *in_shape)`` to ``(B, *out_shape)`` and 
 independently, so the Jacobian of sample ``b`` is ``J_b = d f(z)_b / d z_b`` of size ``D x E`` with
 ``E = prod(in_shape)`` and ``D = prod(out_shape)``. ``J_b`` is never formed unless asked for:
 
-* a vector-Jacobian product (VJP) with the cotangent ``u`` repeated over the batch gives
-  ``u^T J_b`` for every sample from one backward pass;
-* a Jacobian-vector product (JVP) with a per-sample tangent gives ``J_b v_b`` from one forward-mode
-  pass.
+* a vector-Jacobian product (VJP) ``u^T J_b`` costs about one backward pass;
+* a Jacobian-vector product (JVP) ``J_b v`` costs about one forward-mode pass.
 
-Both are batched over many vectors with ``torch.func.vmap`` (in chunks of ``chunk_size`` to bound
-memory), and every method below is built from these two primitives:
+Both are mapped over samples and batched over many vectors with ``torch.func.vmap`` (in chunks of
+``chunk_size`` to bound memory), so ``f`` runs on large batches without a Python loop; every
+method below is built from these two primitives:
 
 ``exact``       the full Jacobian from ``E`` JVPs or ``D`` VJPs (whichever is fewer), then an SVD.
 ``projected``   the paper's sketch: ``W J`` for a fixed ``k x D`` matrix ``W`` with orthonormal rows.
@@ -107,13 +106,32 @@ def vjp_rows(
     ``(B, k, E)``: row ``i`` of sample ``b`` is ``u_i^T J_b``.
     """
     batch = z.shape[0]
+    if cotangents.ndim == 2:
+        cotangents = cotangents.unsqueeze(1).expand(-1, batch, -1)
+    single = _one_sample(f)
+
+    def rows_of(x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        out, pullback = vjp(single, x)[:2]  # (no auxiliary output)
+        vectors = vectors.reshape(vectors.shape[0], *out.shape).to(out.dtype)
+        return vmap(pullback, chunk_size=chunk_size)(vectors)[0]
+
     with autodiff_attention():
-        out, pullback = vjp(f, z)[:2]  # (no auxiliary output)
-        if cotangents.ndim == 2:
-            cotangents = cotangents.unsqueeze(1).expand(-1, batch, -1)
-        cotangents = cotangents.reshape(cotangents.shape[0], *out.shape).to(out.dtype).contiguous()
-        rows = vmap(pullback, chunk_size=chunk_size)(cotangents)[0]
-    return rows.reshape(rows.shape[0], batch, -1).transpose(0, 1)
+        rows = vmap(rows_of, in_dims=(0, 1))(z, cotangents)  # (B, k, *in_shape)
+    return rows.reshape(batch, rows.shape[1], -1)
+
+
+def _one_sample(f: BatchFunction) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f`` on one sample without its batch axis, to be mapped over samples with ``vmap``.
+
+    Differentiating a real batch larger than one breaks inside diffusers' VAE on current torch
+    (forward mode: group norm after attention gets a tangent it cannot view; reverse mode under
+    vmap: a memory-format query). Mapping samples is also what ``jacfwd``/``jacrev`` do.
+    """
+
+    def single(x: torch.Tensor) -> torch.Tensor:
+        return f(x.unsqueeze(0)).squeeze(0)
+
+    return single
 
 
 def jvp_columns(
@@ -135,23 +153,15 @@ def jvp_columns(
     Returns
     -------
     ``(B, D, k)``: column ``i`` of sample ``b`` is ``J_b v_i``.
-
-    Notes
-    -----
-    Samples are mapped with ``vmap`` too, so ``f`` sees one sample at a time: forward mode through
-    a diffusers VAE fails with a real batch larger than one (group norm after attention receives a
-    tangent it cannot view), and per-sample mapping is what ``jacfwd`` does anyway.
     """
     batch = z.shape[0]
     if tangents.ndim == 2:
         tangents = tangents.unsqueeze(1).expand(-1, batch, -1)
     tangents = tangents.reshape(tangents.shape[0], *z.shape).to(z.dtype)  # (k, B, *in_shape)
-
-    def one_sample(x: torch.Tensor) -> torch.Tensor:
-        return f(x.unsqueeze(0)).squeeze(0)
+    single = _one_sample(f)
 
     def columns_of(x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        return vmap(lambda v: jvp(one_sample, (x,), (v,))[1], chunk_size=chunk_size)(vectors)
+        return vmap(lambda v: jvp(single, (x,), (v,))[1], chunk_size=chunk_size)(vectors)
 
     with autodiff_attention():
         cols = vmap(columns_of, in_dims=(0, 1))(z, tangents)  # (B, k, *out_shape)

@@ -199,15 +199,21 @@ def test_bfloat16_products_give_float32_singular_values_close_to_float64():
         torch.testing.assert_close(low.double(), reference, rtol=5e-2, atol=1e-2)
 
 
-def test_forward_mode_through_a_diffusers_decoder_with_a_batch():
-    # Forward mode with a real batch > 1 once failed inside diffusers' VAE (group norm after
-    # attention); jvp_columns maps samples one at a time. Checked against reverse-mode autograd.
+def test_products_through_a_diffusers_decoder_with_a_batch():
+    # Both modes once failed inside diffusers' VAE with a real batch > 1 (group norm after
+    # attention, a memory-format query under vmap); the products map samples one at a time.
+    # Checked against torch.autograd.functional.jacobian, one sample at a time.
     from geomlib.sketching import random_vae_decoder
 
     decoder, shape = random_vae_decoder(2, [32, 32])
     decoder = decoder.double()
     z = torch.randn(2, *shape, dtype=torch.float64)
-    full = jacobian(decoder, z)
-    for b in range(2):
-        reference = torch.autograd.functional.jacobian(lambda x: decoder(x[None])[0], z[b])
-        torch.testing.assert_close(full[b], reference.reshape(full.shape[1], -1), rtol=1e-9, atol=1e-10)
+    references = [
+        torch.autograd.functional.jacobian(lambda x: decoder(x[None])[0], sample).reshape(-1, z[0].numel())
+        for sample in z
+    ]
+    full, sketch = jacobian(decoder, z), projected_jacobian(decoder, z, 5, chunk_size=2)
+    w = orthonormal_rows(5, full.shape[1], dtype=torch.float64)
+    for b, reference in enumerate(references):
+        torch.testing.assert_close(full[b], reference, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(sketch[b], w @ reference, rtol=1e-9, atol=1e-10)
