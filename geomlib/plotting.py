@@ -167,3 +167,94 @@ def plot_partition(
     ax.set_ylim(points[:, 1].min(), points[:, 1].max())
     ax.set_aspect("equal")
     return collection
+
+
+def outline_polygon(
+    fig: Figure,
+    vertices: np.ndarray,
+    *,
+    labels: Sequence[str] | None = None,
+    color: str = "white",
+) -> Figure:
+    """Draw the closed polygon through ``vertices: (N, 2)`` and mark its corners on every image axis
+    of ``fig`` (e.g. the convex hull of anchor latents on a slice's heatmaps); ``labels`` name the
+    corners."""
+    vertices = np.asarray(vertices, dtype=float)
+    closed = np.vstack([vertices, vertices[:1]])
+    for ax in fig.axes:
+        if not ax.images:  # colour bars and other non-image axes
+            continue
+        ax.plot(closed[:, 0], closed[:, 1], color=color, linewidth=1.2, linestyle="--")
+        ax.scatter(vertices[:, 0], vertices[:, 1], s=36, c=color, edgecolors="black", zorder=3)
+        for index, label in enumerate(labels or []):
+            ax.annotate(
+                label, vertices[index], textcoords="offset points", xytext=(4, 4), color=color, fontsize=8
+            )
+    return fig
+
+
+def plot_band(
+    ax,
+    x: np.ndarray,
+    mean: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    *,
+    label: str | None = None,
+    color=None,
+    alpha: float = 0.2,
+):
+    """A mean curve with a shaded band (e.g. a confidence interval) on ``ax``.
+
+    Parameters
+    ----------
+    x, mean, low, high
+        ``(N,)`` arrays: positions, the curve, and the band's lower and upper edges.
+    label, color
+        of the line; the band takes the line's colour.
+
+    Returns
+    -------
+    The ``Line2D`` of the mean curve.
+    """
+    (line,) = ax.plot(x, mean, label=label, color=color, lw=1.5)
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=alpha, linewidth=0)
+    return line
+
+
+def image_frames_slider(
+    frames: np.ndarray,
+    frame_titles: Sequence[str],
+    *,
+    nrows: int = 1,
+    image_titles: Sequence[Sequence[str]] | None = None,
+    size: float = 1.6,
+) -> str:
+    """A slider over sets of images (e.g. the same seeds under a changing parameter), as HTML.
+
+    Parameters
+    ----------
+    frames
+        ``(F, N, H, W, 3)`` images in ``[0, 1]``: frame ``f`` shows its ``N`` images in a grid.
+    frame_titles
+        ``F`` titles, one per frame (the figure's suptitle).
+    image_titles
+        optional ``F x N`` titles of the single images.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 5 or len(frame_titles) != len(frames):
+        raise ValueError(f"frames must be (F, N, H, W, 3) with F titles: {frames.shape}, {len(frame_titles)}")
+    first_titles = None if image_titles is None else image_titles[0]
+    fig = image_grid(frames[0], nrows=nrows, titles=first_titles, size=size)
+    axes = [ax for ax in fig.axes if ax.images]
+    heading = fig.suptitle(frame_titles[0], fontsize=9)
+    fig.subplots_adjust(top=0.85)
+
+    def update(frame: int) -> None:
+        for index, ax in enumerate(axes):
+            ax.images[0].set_data(np.clip(frames[frame, index], 0, 1))
+            if image_titles is not None:
+                ax.set_title(image_titles[frame][index], fontsize=8)
+        heading.set_text(frame_titles[frame])
+
+    return slider_animation(fig, update, len(frames))

@@ -1,0 +1,205 @@
+"""geomlib.mini: the procedural world, the one pipeline builder, resumable training, and the
+shipped model's quality gates on a few samples.
+
+Truth: the world's palette and geometry, combinatorics of the grammar, the published parameter
+counts of SD 1.4, an uninterrupted training run, and the world's own labels for generated images.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geomlib import latent
+from geomlib.mini import quality, train
+from geomlib.mini.build import build_pipeline, build_tokenizer, parameter_counts
+from geomlib.mini.world import ATTRIBUTES, COLOURS, Attributes, World, all_attributes, caption, load_world
+
+MODEL = latent.MINI_MODEL
+shipped = pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reason="data/mini-sd not trained yet")
+
+
+def test_world_is_deterministic_under_its_seed():
+    first, second, other = World(seed=0), World(seed=0), World(seed=1)
+    images, scenes = first.dataset(8, seed=1)
+    again, scenes_again = second.dataset(8, seed=1)
+    np.testing.assert_array_equal(images, again)
+    assert scenes == scenes_again and first.memorised_captions == second.memorised_captions
+    assert first.memorised_captions != other.memorised_captions
+    assert first.novel_attributes != other.novel_attributes
+
+
+def test_novel_combinations_never_reach_training():
+    world = World(seed=0)
+    n_all = (
+        5 * 8 * 7 * 2 * 5 * 4
+    )  # shapes x colours x other background colours x sizes x positions x textures
+    assert len(all_attributes()) == n_all
+    assert len(world.novel_attributes) == round(0.1 * n_all)
+    training = world.sample_scenes(3000, np.random.default_rng(0))
+    assert not any(world.is_novel(scene.attributes) for scene in training)
+    assert all(
+        world.is_novel(scene.attributes)
+        for scene in world.sample_scenes(50, np.random.default_rng(0), novel=True)
+    )
+
+
+def test_renders_have_the_palettes_colours_and_the_shapes_area():
+    world = World(seed=0)
+    attributes = Attributes("circle", "red", "blue", "large", "in the center", "plain")
+    scene = world.random_scene(attributes, np.random.default_rng(3))
+    image = world.render([scene])[0].astype(float)
+    jitter = np.array(scene.jitter)
+    cx, cy = (int(c * 32) for c in scene.centre)
+    np.testing.assert_allclose(image[cy, cx], np.clip(np.array(COLOURS["red"]) + jitter, 0, 255), atol=1)
+    np.testing.assert_allclose(image[0, 0], np.clip(np.array(COLOURS["blue"]) + jitter, 0, 255), atol=1)
+    red = np.clip(np.array(COLOURS["red"]) + jitter, 0, 255)
+    blue = np.clip(np.array(COLOURS["blue"]) + jitter, 0, 255)
+    coverage = ((image - blue) @ (red - blue) / np.sum((red - blue) ** 2)).clip(0, 1)  # anti-aliased mask
+    assert coverage.sum() == pytest.approx(math.pi * (scene.radius * 32) ** 2, rel=0.03)
+
+
+def test_captions_follow_the_grammar_and_memorised_ones_are_unique():
+    world = World(seed=0)
+    attributes = Attributes("star", "green", "white", "small", "on the left", "striped")
+    assert caption(attributes) == "a small green star on the left on a striped white background"
+    assert caption(attributes, {"size", "position", "texture"}) == "a green star on a white background"
+    words = set(world.vocabulary)
+    assert set(caption(attributes).split()) <= words
+    assert len(set(world.memorised_captions)) == len(world.memorised) == 40
+    for text, scene in zip(world.memorised_captions, world.memorised, strict=True):
+        assert text.startswith(caption(scene.attributes) + " named ") and set(text.split()) <= words
+
+
+def test_tokenizer_gives_every_word_one_token_and_spells_unknown_words():
+    world = World(seed=0)
+    tokenizer = build_tokenizer(world.vocabulary)
+    for word in world.vocabulary:
+        assert len(tokenizer(word).input_ids) == 3, word  # BOS, the word, EOS
+    text = world.memorised_captions[0]
+    assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
+    inner = tokenizer("a zebra").input_ids[1:-1]
+    assert len(inner) > 2 and tokenizer.eos_token_id not in inner  # spelt out, not mapped to EOS
+
+
+def test_builder_is_deterministic_and_leaves_the_global_rng_alone():
+    words = World(seed=0, n_memorised=2).vocabulary
+    state = torch.random.get_rng_state()
+    first, second = build_pipeline(words, "tiny", seed=1), build_pipeline(words, "tiny", seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    other = build_pipeline(words, "tiny", seed=2)
+    for a, b in zip(first.unet.parameters(), second.unet.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not all(
+        torch.equal(a, c) for a, c in zip(first.unet.parameters(), other.unet.parameters(), strict=True)
+    )
+    with pytest.raises(ValueError, match="size"):
+        build_pipeline(words, "huge")
+
+
+def test_sd14_builder_has_the_published_parameter_counts():
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # shapes only: no 4 GB of random weights
+        pipe = build_pipeline(World(seed=0, n_memorised=0).vocabulary, "sd14")
+    assert parameter_counts(pipe) == {"vae": 83_653_863, "unet": 859_520_964, "text_encoder": 123_060_480}
+
+
+def test_vae_training_resumes_exactly_where_it_stopped(tmp_path):
+    world = World(seed=0, image_size=16, n_memorised=2)
+    images, _ = world.dataset(16, seed=0)
+    images = quality.to_tensor(np.concatenate([images, world.render(world.memorised)])) * 2 - 1
+    config = train.TrainConfig(vae_steps=4, vae_batch=4, checkpoint_every=2, log_every=1)
+
+    def vae(seed: int = 0):
+        return build_pipeline(world.vocabulary, "tiny", seed=seed).vae
+
+    straight, _ = train.train_vae(
+        vae(), images, 16, config, tmp_path / "a", _log(tmp_path / "a"), resume=False
+    )
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_step_3(message: str) -> None:
+        if "step 3/" in message:
+            raise Interrupt
+
+    (tmp_path / "b").mkdir()
+    with pytest.raises(Interrupt):
+        train.train_vae(vae(), images, 16, config, tmp_path / "b", stop_at_step_3, resume=False)
+    # a different initialisation: only a loaded checkpoint can make the result equal to the straight run
+    resumed, _ = train.train_vae(
+        vae(seed=5), images, 16, config, tmp_path / "b", _log(tmp_path / "b"), resume=True
+    )
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _log(folder: Path) -> train.Log:
+    folder.mkdir(exist_ok=True)
+    return train.Log(folder / "train.log")
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return latent.load_pipeline(MODEL, device="cpu"), load_world(MODEL), quality.load_classifier(MODEL)
+
+
+@shipped
+def test_shipped_model_is_small_sd_shaped_and_documented(mini):
+    pipe, world, _ = mini
+    size = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
+    assert size <= 30 * 2**20
+    assert [type(getattr(pipe, n)).__name__ for n in ("vae", "unet", "text_encoder")] == [
+        "AutoencoderKL",
+        "UNet2DConditionModel",
+        "CLIPTextModel",
+    ]
+    card = (MODEL / "MODEL_CARD.md").read_text()
+    assert "python -m geomlib.mini.train" in card and "PSNR" in card and "git rev-parse HEAD" in card
+    assert (MODEL / "train_log.txt").exists() and world.memorised_captions[0] in (
+        MODEL / "world.json"
+    ).read_text()
+
+
+@shipped
+def test_shipped_vae_reconstructs_held_out_images(mini):
+    pipe, world, _ = mini
+    images, _ = world.dataset(16, seed=123, novel=True)
+    assert quality.vae_psnr(pipe, quality.to_tensor(images)).mean() > 20
+
+
+# The first shipped model misses these two gates (its MODEL_CARD says so; issue 6 stays open).
+# strict=True: the day a retrained model passes, these turn into failures until the marks go.
+@shipped
+@pytest.mark.xfail(strict=True, reason="first release: its attribute classifier cannot tell shapes apart")
+def test_shipped_model_follows_novel_prompts(mini):
+    pipe, world, classifier = mini
+    scenes = world.sample_scenes(12, np.random.default_rng(7), novel=True)
+    out = latent.generate(
+        pipe, [caption(s.attributes) for s in scenes], seed=0, guidance_scale=7.5, num_inference_steps=15
+    )
+    scores = quality.accuracy(classifier, quality.to_tensor(out.images), quality.attribute_labels(scenes))
+    for name in ("colour", "background", "shape"):
+        assert scores[name] >= 3 / len(ATTRIBUTES[name]), (name, scores)  # well above chance
+
+
+@shipped
+@pytest.mark.xfail(strict=True, reason="first release: only 28% of memorised captions reproduce their image")
+def test_shipped_model_reproduces_memorised_images(mini):
+    pipe, world, _ = mini
+    memorised = latent.generate(
+        pipe, world.memorised_captions[:4], seed=0, guidance_scale=7.5, num_inference_steps=15
+    )
+    own = quality.to_tensor(world.render(world.memorised[:4]))
+    d_own = (quality.to_tensor(memorised.images) - own).pow(2).flatten(1).mean(1).sqrt()
+    train_images = quality.to_tensor(world.dataset(2000, seed=0)[0])
+    scenes = world.sample_scenes(4, np.random.default_rng(8), novel=True)
+    novel = latent.generate(
+        pipe, [caption(s.attributes) for s in scenes], seed=0, guidance_scale=7.5, num_inference_steps=15
+    )
+    d_novel, _ = quality.nearest_distances(quality.to_tensor(novel.images), train_images)
+    assert d_own.median() < 0.5 * d_novel.median(), (d_own, d_novel)
