@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import timed  # benchmarks/timing.py, shared by the benchmark scripts
 from torch import nn
 
 import geomlib
@@ -45,21 +45,6 @@ def naive_projected_singular_values(f: Callable, z: torch.Tensor, k: int, seed: 
         ]
         rows_per_sample.append(torch.stack(rows))
     return torch.linalg.svdvals(torch.stack(rows_per_sample).float()).to(z.dtype)
-
-
-def timed(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    """Best wall time of ``repeats`` runs after one warm-up."""
-    result = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:

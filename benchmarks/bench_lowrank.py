@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import timed  # benchmarks/timing.py, shared by the benchmark scripts
 
 import geomlib
 from geomlib import lowrank as lr
@@ -32,21 +32,6 @@ from geomlib import lowrank as lr
 RESULTS = Path(__file__).parent / "results" / "lowrank.json"
 LOCO_EDIT_SECONDS = 79.0  # per image on an NVIDIA A40, Stable Diffusion (LOCO Edit, Chen et al. 2024)
 EDIT_FRACTION = 0.7
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, object]:
-    """Best wall time of ``repeats`` runs after one warm-up."""
-    result = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def mini_model_pmp(device: torch.device) -> tuple[str, Callable, torch.Tensor]:
