@@ -248,7 +248,7 @@ def image_frames_slider(
     fig = image_grid(frames[0], nrows=nrows, titles=first_titles, size=size)
     axes = [ax for ax in fig.axes if ax.images]
     heading = fig.suptitle(frame_titles[0], fontsize=9)
-    fig.subplots_adjust(top=0.85)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the heading (0.3 inch)
 
     def update(frame: int) -> None:
         for index, ax in enumerate(axes):
