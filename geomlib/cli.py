@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 import geomlib
-from geomlib.descriptors import Descriptors, describe
+from geomlib.descriptors import Descriptors
 from geomlib.jacobian import Method
 from geomlib.profiles import default_device
 
@@ -629,37 +629,23 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype) -> Pipeline:
     return pipe
 
 
-def describe_latents(
-    decoder: torch.nn.Module,
-    latents: torch.Tensor,
-    settings: Settings,
-    batch_size: int,
-    chunk_size: int | None,
-) -> Descriptors:
-    """ψ, ν (and δ) of ``decoder`` at ``latents: (N, 4, h, w)`` through :func:`geomlib.describe`,
-    ``batch_size`` latents per call; the returned ``(N,)`` fields are on the CPU."""
-    parts = []
-    for start in range(0, len(latents), batch_size):
-        z = latents[start : start + batch_size].contiguous()  # encoder outputs are strided views
-        parts.append(
-            describe(
-                decoder,
-                z,
-                method=settings.method,
-                k=settings.k,
-                seed=settings.seed,
-                chunk_size=chunk_size,
-                radius=settings.radius,
-                n_dirs=settings.n_dirs,
-            )
-        )
-    deltas = [p.local_complexity for p in parts if p.local_complexity is not None]
-    delta = torch.cat(deltas).cpu() if deltas else None
-    return Descriptors(
-        local_scaling=torch.cat([p.local_scaling for p in parts]).double().cpu(),
-        local_rank=torch.cat([p.local_rank for p in parts]).double().cpu(),
-        singular_values=torch.cat([p.singular_values for p in parts]).float().cpu(),
-        local_complexity=delta,
+def describe_latents(job: Job, latents: torch.Tensor, settings: Settings) -> Descriptors:
+    """ψ, ν (and δ) of the job's decoder at ``latents: (N, 4, h, w)`` with ``settings``, through
+    :func:`geomlib.latent.decoder_descriptors` (``job.batch_size`` latents per call); ``(N,)``
+    fields on the CPU."""
+    from geomlib.latent import decoder_descriptors
+
+    return decoder_descriptors(
+        job.pipe,
+        latents,
+        method=settings.method,
+        k=settings.k,
+        seed=settings.seed,
+        radius=settings.radius,
+        n_dirs=settings.n_dirs,
+        batch_size=job.batch_size,
+        chunk_size=job.chunk_size,
+        progress=False,
     )
 
 
@@ -683,7 +669,6 @@ class Job:
     """What a batch needs besides its items."""
 
     pipe: Pipeline
-    decoder: torch.nn.Module
     settings: Settings
     batch_size: int
     chunk_size: int | None
@@ -708,7 +693,7 @@ def image_rows(batch: list[ImageItem], job: Job) -> list[Row]:
     if not kept:
         return []
     latents = encode_images(job.pipe, torch.stack(pixels), batch_size=job.batch_size)
-    d = describe_latents(job.decoder, latents, job.settings, job.batch_size, job.chunk_size)
+    d = describe_latents(job, latents, job.settings)
     fixed = _setting_columns(job.settings)
     return [
         {"id": item.id, **_descriptor_columns(d, i, job.keep_sigma), **fixed} for i, item in enumerate(kept)
@@ -752,7 +737,7 @@ def prompt_rows(batch: list[PromptItem], job: Job) -> list[Row]:
     stack, steps, timesteps = _trajectory(generation, s.trajectory)
     vae = job.pipe.vae
     flat = stack.reshape(-1, *stack.shape[2:]).to(vae.device, vae.dtype)  # (S * B, 4, h, w), step-major
-    d = describe_latents(job.decoder, flat, s, job.batch_size, job.chunk_size)
+    d = describe_latents(job, flat, s)
     fixed = _setting_columns(s)
     rows = []
     for b, item in enumerate(batch):
@@ -851,8 +836,6 @@ def _image_size_of(
 
 def _job(args: argparse.Namespace, items: Sequence[Item], device: torch.device) -> Job:
     """Load the model, fix the image size and the settings every row will carry."""
-    from geomlib.latent import latent_decoder
-
     pipe = load_model(args.model, device, DTYPES[args.dtype])
     if args.prompts is not None:
         size, resize = _model_size(pipe, args.height, args.width), False
@@ -860,7 +843,6 @@ def _job(args: argparse.Namespace, items: Sequence[Item], device: torch.device) 
         size, resize = _image_size_of(items, args, pipe)
     return Job(
         pipe=pipe,
-        decoder=latent_decoder(pipe),
         settings=_settings(args, pipe, size),
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,

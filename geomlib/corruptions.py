@@ -556,6 +556,104 @@ def _describe_chunk(
     )
 
 
+def write_corrupted_images(
+    images,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    folder: str | os.PathLike,
+    *,
+    seed: int = 0,
+    work_size: int | None = None,
+    images_per_chunk: int = 64,
+    progress: bool = True,
+) -> Path:
+    """Write every (corruption, severity, image) as ``folder/<corruption>/<severity>/<image>.png``.
+
+    The same images as :func:`corruption_descriptors` computes on (PNG is lossless for uint8);
+    ``clean/0/`` holds severity 0. Files already there are kept, each file is written atomically,
+    so an interrupted run resumes. Returns ``folder``.
+    """
+    check_corruptions(corruptions)
+    folder = Path(folder)
+    n = len(images)
+    tasks = [
+        (name, sev, start)
+        for name, sev in _tasks(corruptions, severities)
+        for start in range(0, n, images_per_chunk)
+    ]
+    for name, severity, start in tqdm(tasks, desc="corrupt and write", disable=not progress):
+        stop = min(start + images_per_chunk, n)
+        paths = [folder / name / str(severity) / f"{i:06d}.png" for i in range(start, stop)]
+        if all(path.exists() for path in paths):
+            continue
+        corrupted = corrupt_images(
+            np.asarray(images[start:stop]), name, severity, seed=seed, first_index=start, work_size=work_size
+        )
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        for path, image in zip(paths, corrupted, strict=True):
+            _atomic_write(
+                path, lambda partial, image=image: Image.fromarray(image).save(partial, format="PNG")
+            )
+    return folder
+
+
+def corruption_descriptors_cli(
+    model: str,
+    images,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    settings: DescriptorSettings,
+    folder: str | os.PathLike,
+    *,
+    seed: int = 0,
+    work_size: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """:func:`corruption_descriptors` through ``python -m geomlib describe``, for the ``paper`` profile.
+
+    The corrupted images are written under ``folder/images`` (:func:`write_corrupted_images`) and
+    described by the command line into ``folder/descriptors`` (parquet parts; resumable, and
+    shardable across GPUs by running the printed command under ``accelerate launch``). Returns the
+    same table as :func:`corruption_descriptors`.
+    """
+    from geomlib.cli import describe_to_parquet
+
+    folder = Path(folder)
+    image_folder = write_corrupted_images(
+        images, corruptions, severities, folder / "images", seed=seed, work_size=work_size, progress=progress
+    )
+    options = dict(
+        method="projected",
+        k=settings.k,
+        seed=settings.seed,
+        radius=settings.radius,
+        n_dirs=settings.n_dirs if settings.radius is not None else None,
+        batch_size=settings.batch_size,
+        chunk_size=settings.chunk_size,
+        device=device,
+        no_progress=not progress,
+    )
+    if progress:
+        flags = " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v is not None and v is not False
+        )
+        out = folder / "descriptors"
+        print(f"python -m geomlib describe --model {model} --images {image_folder} --out {out} {flags}")
+    rows = describe_to_parquet(folder / "descriptors", model=model, images=image_folder, **options)
+    parts = rows["id"].str.split("/", expand=True)  # <corruption>/<severity>/<image>.png
+    rows = rows.assign(name=parts[0], severity=parts[1].astype(int), index=parts[2].str[:-4].astype(int))
+    wanted = set(_tasks(corruptions, severities))
+    keep = [(n, s) in wanted for n, s in zip(rows["name"], rows["severity"], strict=True)]
+    rows = rows[np.asarray(keep) & (rows["index"] < len(images)).to_numpy()]
+    columns = [d for d in DESCRIPTORS if d in rows and rows[d].notna().all()]
+    results = {
+        (name, int(severity)): [{d: group.sort_values("index")[d].tolist() for d in columns}]
+        for (name, severity), group in rows.groupby(["name", "severity"])
+    }
+    return _corruption_table(results, corruptions, severities)
+
+
 def _corruption_table(results: dict, corruptions: Sequence[str], severities: Sequence[int]) -> pd.DataFrame:
     frames = []
     for (name, severity), values in results.items():

@@ -377,39 +377,18 @@ def psi_from_describe_cli(
     path). Returns ``ids -> (n,) ψ`` for :func:`prepare_reward_data`; ``ValueError`` if the command fails."""
     from geomlib import cli
 
-    argv = [
-        "describe",
-        "--model",
-        model,
-        "--images",
-        str(folder),
-        "--out",
-        str(out),
-        "--resize",
-        "--height",
-        str(size[0]),
-        "--width",
-        str(size[1]),
-        "--method",
-        psi.method,
-        "--k",
-        str(psi.k),
-        "--seed",
-        str(psi.seed),
-        "--batch-size",
-        str(batch_size),
-    ]
-    if device is not None:
-        argv += ["--device", device]
-    if limit is not None:
-        argv += ["--limit", str(limit)]
-    status = cli.main(argv)
-    if status != 0:
-        raise ValueError(f"python -m geomlib {' '.join(argv)} failed with exit status {status}")
-    table = cli.read_parts(Path(out), ["id", "local_scaling"])
-    if table is None:
+    options = dict(
+        resize=True, height=size[0], width=size[1], batch_size=batch_size, device=device, limit=limit
+    )
+    try:
+        rows = cli.describe_to_parquet(
+            out, model=model, images=folder, method=psi.method, k=psi.k, seed=psi.seed, **options
+        )
+    except cli.InputError as error:
+        raise ValueError(f"python -m geomlib describe failed: {error}") from error
+    if not len(rows):
         raise ValueError(f"python -m geomlib describe wrote no rows to {out}")
-    values = dict(zip(table.column("id").to_pylist(), table.column("local_scaling").to_pylist(), strict=True))
+    values = dict(zip(rows["id"], rows["local_scaling"], strict=True))
 
     def lookup(ids: list[str]) -> torch.Tensor:
         missing = [i for i in ids if i not in values]

@@ -190,6 +190,26 @@ def test_measurement_matches_the_kernels_and_resumes(tiny_pipe, tmp_path, monkey
     pd.testing.assert_frame_equal(again, table)
 
 
+def test_command_line_path_equals_the_in_process_measurement_and_resumes(tiny_pipe, tmp_path):
+    """The ``paper`` profile's path (PNG files, ``python -m geomlib describe``) gives the in-process
+    table row for row; a second call reuses the images and the parquet rows."""
+    world = C.world_for_model("tiny-random", C.pipeline_resolution(tiny_pipe))
+    images = C.in_domain_images(world, 3, seed=0)
+    settings = C.DescriptorSettings(k=6, n_dirs=2, batch_size=2)
+    arguments = (images, ["gaussian_noise", "contrast"], [0, 3], settings)
+    direct = C.corruption_descriptors(tiny_pipe, *arguments, seed=4, progress=False)
+    via_cli = C.corruption_descriptors_cli("tiny-random", *arguments, tmp_path, seed=4, progress=False)
+    assert sorted(
+        p.relative_to(tmp_path / "images").as_posix() for p in (tmp_path / "images").rglob("*.png")
+    )[:4] == ["clean/0/000000.png", "clean/0/000001.png", "clean/0/000002.png", "contrast/3/000000.png"]
+    pd.testing.assert_frame_equal(via_cli, direct, check_exact=False, rtol=1e-4)  # batch order differs
+
+    stamp = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    again = C.corruption_descriptors_cli("tiny-random", *arguments, tmp_path, seed=4, progress=False)
+    pd.testing.assert_frame_equal(again, via_cli)
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing rewritten
+
+
 def test_world_for_model_finds_the_training_world(tmp_path):
     from geomlib.mini.world import World
 
