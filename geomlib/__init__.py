@@ -25,14 +25,14 @@ from geomlib.jacobian import (
     randomized_svd,
     vjp_rows,
 )
-from geomlib.profiles import PROFILES, check_profile, default_device, select_budget
+from geomlib.profiles import PROFILES, check_profile, default_device, select_budget, torch_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Descriptors",
     "NONLINEARITIES",
     "PROFILES",
-    "Descriptors",
     "RandomizedSVD",
     "check_profile",
     "cross_polytope_directions",
@@ -49,5 +49,6 @@ __all__ = [
     "projected_jacobian",
     "randomized_svd",
     "select_budget",
+    "torch_threads",
     "vjp_rows",
 ]

@@ -16,12 +16,11 @@ Every row carries its id, the descriptors, the method and its parameters and the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -37,7 +36,7 @@ from tqdm import tqdm
 import geomlib
 from geomlib.descriptors import Descriptors
 from geomlib.jacobian import Method
-from geomlib.profiles import default_device
+from geomlib.profiles import default_device, torch_threads
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 TRAJECTORIES: tuple[str, ...] = ("latents", "x0", "final")
@@ -1019,15 +1018,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every finished batch is kept; run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` torch CPU threads inside the block (``None``: leave them), then restore."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -21,9 +21,8 @@ Jacobian is ``s sum_k w_k P_k`` plus a rank-``K`` correction from the softmax; n
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from geomlib.descriptors import local_rank
 from geomlib.jacobian import BatchFunction, Method, jacobian_singular_values, randomized_svd
+from geomlib.profiles import torch_threads
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -384,22 +384,6 @@ def init_parameters(module: ModuleT, generator: torch.Generator) -> ModuleT:
     return module
 
 
-@contextlib.contextmanager
-def intra_op_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` PyTorch CPU threads (``None``: unchanged), then restore the setting.
-
-    Small MLPs gain nothing from intra-op parallelism, and on a shared CPU the threads' spin-waits
-    made training 8x slower (measured on 2 busy cores): training uses one thread by default.
-    """
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def train_denoiser(
     x0_train: torch.Tensor,
     alpha_bar: torch.Tensor,
@@ -435,7 +419,7 @@ def train_denoiser(
     seed
         seeds the initialisation, batches, timesteps and noise (a local generator).
     num_threads
-        PyTorch CPU threads while training (see :func:`intra_op_threads`).
+        PyTorch CPU threads while training (see :func:`geomlib.profiles.torch_threads`).
 
     Returns
     -------
@@ -455,7 +439,7 @@ def train_denoiser(
     model = init_parameters(model, generator).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    with intra_op_threads(num_threads):
+    with torch_threads(num_threads):
         for _ in tqdm(range(steps), desc=f"denoiser N={len(data)}", disable=not progress, leave=False):
             index = torch.randint(len(data), (batch_size,), generator=generator)
             t = torch.randint(len(abar), (batch_size,), generator=generator)

@@ -1,4 +1,4 @@
-"""Run profiles shared by every notebook, and the choice of device.
+"""Run profiles shared by every notebook, the choice of device and of CPU threads.
 
 ``smoke``  seconds on a CPU: the budgets tests use to check that a notebook runs end to end.
 ``book``   minutes on a laptop CPU: what the published book shows.
@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -44,3 +46,23 @@ def select_budget(budgets: dict[str, dict], profile: str) -> dict:
     if missing:
         raise ValueError(f"budgets lack the profiles {missing}")
     return dict(budgets[profile])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` PyTorch intra-op CPU threads (``None``: unchanged), then restore.
+
+    Small models gain nothing from intra-op parallelism, and on a busy 2-core CPU the threads'
+    spin-waits made training 8-10x slower (measured): the toy trainers default to one thread.
+    """
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

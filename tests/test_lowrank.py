@@ -8,13 +8,14 @@ import torch
 
 import geomlib
 from geomlib import lowrank as lr
+from geomlib.profiles import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     """These small problems gain nothing from intra-op threads, and on a busy shared CPU the
     threads' contention made them up to 10x slower."""
-    with lr.intra_op_threads(1):
+    with torch_threads(1):
         yield
 
 

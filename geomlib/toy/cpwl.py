@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from geomlib.partition import Partition
 from geomlib.plotting import plot_partition
+from geomlib.profiles import torch_threads
 
 __all__ = [
     "BUMPS",
@@ -260,10 +261,8 @@ def train_generator(
     wanted = set(snapshot_steps)
     snapshots = {0: _cpu_state(net)} if 0 in wanted else {}
     losses = np.empty(steps)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads or threads)
     net.train()
-    try:
+    with torch_threads(num_threads):
         for step in tqdm(range(1, steps + 1), desc="training G", disable=not progress):
             z = sample_latents(batch_size, generator=generator, bounds=bounds, device=device)
             loss = torch.mean((net(z) - bump_surface(z, bumps)) ** 2)
@@ -274,9 +273,7 @@ def train_generator(
             losses[step - 1] = loss.item()
             if step in wanted:
                 snapshots[step] = _cpu_state(net)
-    finally:
-        torch.set_num_threads(threads)
-        net.eval()
+    net.eval()
     return TrainResult(losses=losses, snapshots=snapshots)
 
 

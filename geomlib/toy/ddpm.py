@@ -16,11 +16,10 @@ Timesteps are integers ``0 .. T-1`` (``t = 0`` is the least noisy); the paper's 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from geomlib.profiles import torch_threads
 
 #: Budgets of chapter 2 (``geomlib.select_budget(TOY_DDPM_BUDGETS, profile)``). ``checkpoints``
 #: are the training iterations whose weights are kept and analysed; the last one is ``n_iters``.
@@ -229,26 +230,6 @@ class DenoiserAtTime(nn.Module):
         return self.denoiser(x, self.timestep)
 
 
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Use ``n`` intra-op CPU threads inside the block (``None``: leave the setting alone).
-
-    The toy model's matrices are tiny: on a shared 2-core CPU one thread trains about 10x faster
-    than two, whose synchronisation dominates.
-    """
-    if n is None:
-        yield
-        return
-    if n < 1:
-        raise ValueError(f"cpu_threads must be >= 1 or None, got {n}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -269,7 +250,7 @@ def sample_ddpm(
 
     ``denoiser(x: (B, D), t: (B,) int64) -> (B, D)`` predicts the noise. The Gaussian draws come
     from ``generator`` (a CPU generator), so a seed gives the same samples on every device.
-    ``threads``: CPU threads meanwhile (see :func:`cpu_threads`).
+    ``threads``: CPU threads meanwhile (see :func:`geomlib.profiles.torch_threads`).
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -279,7 +260,7 @@ def sample_ddpm(
 
     x = gaussian()
     steps = range(schedule.n_steps - 1, -1, -1)
-    with cpu_threads(threads):
+    with torch_threads(threads):
         for t in tqdm(steps, desc="sampling", disable=not progress, leave=False):
             timesteps = torch.full((n_samples,), t, dtype=torch.long, device=x.device)
             eps = denoiser(x, timesteps)
@@ -423,7 +404,7 @@ def train_ddpm(
     save_every
         also save a rolling ``resume_XXXXXXX.pt`` this often, so an interruption loses little.
     threads
-        CPU threads while training (see :func:`cpu_threads`).
+        CPU threads while training (see :func:`geomlib.profiles.torch_threads`).
     """
     data = torch.as_tensor(data, dtype=torch.float32)
     if data.ndim != 2 or len(data) == 0:
@@ -444,7 +425,7 @@ def train_ddpm(
         start, losses = _resume(directory, n_iters, run_id, model, optimizer, generator)
     model.train()
     bar = tqdm(range(start, n_iters), desc="training", initial=start, total=n_iters, disable=not progress)
-    with cpu_threads(threads):
+    with torch_threads(threads):
         for done in (i + 1 for i in bar):
             losses.append(_training_step(model, optimizer, data, schedule, batch_size, generator))
             if directory is not None and (done in keep or done % save_every == 0 or done == n_iters):

@@ -19,7 +19,8 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from geomlib.descriptors import describe
-from geomlib.toy.ddpm import Denoiser, DenoiserAtTime, cpu_threads, load_checkpoint
+from geomlib.profiles import torch_threads
+from geomlib.toy.ddpm import Denoiser, DenoiserAtTime, load_checkpoint
 
 DESCRIPTOR_NAMES: tuple[str, ...] = ("local_scaling", "local_rank", "local_complexity")
 #: The paper's window, in normalised units: ``(xmin, xmax, ymin, ymax)``.
@@ -83,7 +84,7 @@ def denoiser_descriptors(
     batch_size
         points per call of :func:`geomlib.describe` (bounds memory).
     threads
-        CPU threads meanwhile (see :func:`geomlib.toy.ddpm.cpu_threads`).
+        CPU threads meanwhile (see :func:`geomlib.profiles.torch_threads`).
 
     Returns
     -------
@@ -94,7 +95,7 @@ def denoiser_descriptors(
     device = next(model.parameters()).device
     points = points.to(device=device, dtype=next(model.parameters()).dtype)
     out = {name: np.empty((len(timesteps), len(points))) for name in DESCRIPTOR_NAMES}
-    with cpu_threads(threads):
+    with torch_threads(threads):
         for row, t in enumerate(tqdm(timesteps, desc="descriptors", disable=not progress, leave=False)):
             f = DenoiserAtTime(model, t).eval()
             for start in range(0, len(points), batch_size):
