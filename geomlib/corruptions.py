@@ -19,6 +19,7 @@ never re-implemented here. This module adds what the chapter needs around them:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -26,6 +27,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -556,6 +558,10 @@ def _describe_chunk(
     )
 
 
+def _save_png(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(image).save(path, format="PNG")
+
+
 def write_corrupted_images(
     images,
     corruptions: Sequence[str],
@@ -591,9 +597,7 @@ def write_corrupted_images(
         )
         paths[0].parent.mkdir(parents=True, exist_ok=True)
         for path, image in zip(paths, corrupted, strict=True):
-            _atomic_write(
-                path, lambda partial, image=image: Image.fromarray(image).save(partial, format="PNG")
-            )
+            _atomic_write(path, functools.partial(_save_png, image))
     return folder
 
 
@@ -623,7 +627,7 @@ def corruption_descriptors_cli(
     image_folder = write_corrupted_images(
         images, corruptions, severities, folder / "images", seed=seed, work_size=work_size, progress=progress
     )
-    options = dict(
+    options: dict[str, Any] = dict(
         method="projected",
         k=settings.k,
         seed=settings.seed,

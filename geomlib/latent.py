@@ -579,10 +579,10 @@ def decoder_descriptors(
     latents: torch.Tensor,
     *,
     method: Method = "projected",
-    k: int = 120,
+    k: int | None = 120,
     seed: int = 0,
     radius: float | None = 0.5,
-    n_dirs: int = 16,
+    n_dirs: int | None = 16,
     batch_size: int = 16,
     chunk_size: int | None = None,
     progress: bool = True,
@@ -607,7 +607,7 @@ def decoder_descriptors(
     """
     decoder = latent_decoder(pipe)
     device, dtype = pipe.vae.device, pipe.vae.dtype
-    k_used = min(k, int(np.prod(latents.shape[1:]))) if method == "randomized" else k
+    k_used = min(k, int(np.prod(latents.shape[1:]))) if method == "randomized" and k else k
     parts = []
     for start in tqdm(range(0, len(latents), batch_size), desc="descriptors", disable=not progress):
         z = latents[start : start + batch_size].to(device, dtype)

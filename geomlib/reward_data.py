@@ -377,12 +377,20 @@ def psi_from_describe_cli(
     path). Returns ``ids -> (n,) ψ`` for :func:`prepare_reward_data`; ``ValueError`` if the command fails."""
     from geomlib import cli
 
-    options = dict(
-        resize=True, height=size[0], width=size[1], batch_size=batch_size, device=device, limit=limit
-    )
     try:
         rows = cli.describe_to_parquet(
-            out, model=model, images=folder, method=psi.method, k=psi.k, seed=psi.seed, **options
+            out,
+            model=model,
+            images=folder,
+            method=psi.method,
+            k=psi.k,
+            seed=psi.seed,
+            resize=True,
+            height=size[0],
+            width=size[1],
+            batch_size=batch_size,
+            device=device,
+            limit=limit,
         )
     except cli.InputError as error:
         raise ValueError(f"python -m geomlib describe failed: {error}") from error
