@@ -20,7 +20,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from diffusers.models.attention_processor import Attention
 from diffusers.utils import logging as diffusers_logging
 from torch import nn
 from tqdm.auto import tqdm
@@ -268,22 +267,7 @@ class LatentDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, 4, h, w)`` diffusion latents to ``(B, 3, H, W)`` images."""
-        # Attention returns a channels-last view; GroupNorm's backward under vmap cannot take one
-        # ("NYI: querying is_contiguous inside of vmap"), so attention outputs are made contiguous.
-        handles = [
-            m.register_forward_hook(_contiguous_output)
-            for m in self.vae.decoder.modules()
-            if isinstance(m, Attention)
-        ]
-        try:
-            return self.vae.decode(z / self.scaling_factor).sample
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
-def _contiguous_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output.contiguous()
+        return self.vae.decode(z / self.scaling_factor).sample
 
 
 def latent_decoder(pipe: SDPipeline) -> LatentDecoder:
