@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 from torch import nn
@@ -33,8 +32,7 @@ from tqdm.auto import tqdm
 from geomlib.descriptors import local_rank
 from geomlib.jacobian import BatchFunction, Method, jacobian_singular_values, randomized_svd
 from geomlib.profiles import torch_threads
-
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
+from geomlib.seeding import reinitialise, seeded_global_rng
 
 #: Budgets of chapter 07, read with ``geomlib.select_budget(LOWRANK_BUDGETS, profile)``. MoLRG part:
 #: ambient ``dim``, subspace ``ranks``, the denoiser's data and training, the ``t`` grid of the rank
@@ -373,17 +371,6 @@ class MLPDenoiser(nn.Module):
         return self.last(h) * math.sqrt(self.data_second_moment)
 
 
-def init_parameters(module: ModuleT, generator: torch.Generator) -> ModuleT:
-    """Re-draw every ``nn.Linear`` with PyTorch's default init from ``generator`` (the global RNG
-    is left alone, so a model is reproducible from its ``seed`` alone)."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
-            bound = 1.0 / math.sqrt(layer.in_features)
-            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
-    return module
-
-
 def train_denoiser(
     x0_train: torch.Tensor,
     alpha_bar: torch.Tensor,
@@ -434,9 +421,9 @@ def train_denoiser(
     generator = torch.Generator().manual_seed(seed)
     data, abar = x0_train.float(), alpha_bar.float()
     second_moment = float(data.pow(2).mean())
-    with torch.random.fork_rng(devices=[]):  # nn.Linear draws a throw-away init from the global RNG
+    with seeded_global_rng(seed):  # nn.Linear draws a throw-away init from the global RNG
         model = MLPDenoiser(data.shape[1], abar, second_moment, hidden, depth)
-    model = init_parameters(model, generator).to(device)
+    model = reinitialise(model, generator).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     with torch_threads(num_threads):

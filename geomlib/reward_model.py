@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from geomlib.reward_data import RewardData, add_forward_noise, bin_edges, bin_labels, item_generator
+from geomlib.seeding import reinitialise
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -58,17 +59,6 @@ class RewardNetConfig:
 
 
 @torch.no_grad()
-def _initialise(module: nn.Module, generator: torch.Generator) -> None:
-    """PyTorch's default initialisation of every convolution and linear layer, drawn from ``generator``
-    (the global RNG is left alone, so equal seeds give equal nets)."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d | nn.Linear):
-            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
-            bound = 1 / math.sqrt(layer.weight[0].numel())
-            if layer.bias is not None:
-                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
-
-
 class RewardNet(nn.Module):
     """``(x_t: (B, 4, h, w), t: (B,) or int) -> (B, n_bins)`` logits of ψ's level sets of the clean sample.
 
@@ -97,7 +87,7 @@ class RewardNet(nn.Module):
         self.head = nn.Sequential(nn.GroupNorm(min(8, widths[-1]), widths[-1]), nn.SiLU())
         self.out = nn.Linear(widths[-1], config.n_bins)
         self.register_buffer("bin_edges", torch.zeros(config.n_bins - 1, dtype=torch.float64))
-        _initialise(self, torch.Generator().manual_seed(seed))
+        reinitialise(self, torch.Generator().manual_seed(seed))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """Logits ``(B, n_bins)``; ``t`` is one timestep for the batch or one per sample."""

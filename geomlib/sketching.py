@@ -20,6 +20,7 @@ from torch import nn
 
 from geomlib.descriptors import local_rank, local_scaling
 from geomlib.jacobian import BatchFunction, jacobian_singular_values
+from geomlib.seeding import seeded_global_rng
 
 #: Budgets of the theory chapter's measurements.
 SKETCHING_BUDGETS: dict[str, dict] = {
@@ -46,8 +47,7 @@ def random_vae_decoder(
     from diffusers import AutoencoderKL
 
     # diffusers initialises weights from the global RNG: seed a fork of it, leave the caller's alone
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed):
         vae: Any = AutoencoderKL(
             down_block_types=["DownEncoderBlock2D"] * len(widths),
             up_block_types=["UpDecoderBlock2D"] * len(widths),
