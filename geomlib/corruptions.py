@@ -895,12 +895,15 @@ def severity_slider(
     return slider_animation(fig, update, len(severities))
 
 
-def corruption_explorer(pipe, images, table: pd.DataFrame, *, seed: int = 0, work_size: int | None = None):
-    """Live controls: pick a corruption, a severity and an image; shows the corrupted image, its VAE
-    reconstruction (the decoder at its latent) and the descriptors measured there."""
+def corruption_explorer(
+    pipe, images, table: pd.DataFrame, *, seed: int = 0, work_size: int | None = None
+) -> None:
+    """Live controls (displayed): pick a corruption, a severity and an image; shows the corrupted
+    image, its VAE reconstruction (the decoder at its latent) and the descriptors measured there."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
-    from IPython.display import display
+
+    from geomlib.plotting import live_controls
 
     names = list(table["corruption"].cat.categories)
     severities = sorted(set(table["severity"]))
@@ -910,7 +913,7 @@ def corruption_explorer(pipe, images, table: pd.DataFrame, *, seed: int = 0, wor
         "index": widgets.IntSlider(value=0, min=0, max=int(table["image"].max()), description="image"),
     }
 
-    def show(name: str, severity: int, index: int) -> None:
+    def show(name: str, severity: int, index: int):
         corrupted = corrupt_images(
             np.asarray(images[index : index + 1]),
             name,
@@ -934,10 +937,9 @@ def corruption_explorer(pipe, images, table: pd.DataFrame, *, seed: int = 0, wor
         values = ", ".join(f"{SYMBOLS[d]} = {row[d].item():.2f}" for d in DESCRIPTORS if d in row)
         fig.suptitle(values, fontsize=8)
         fig.tight_layout()
-        display(fig)
-        plt.close(fig)
+        return fig
 
-    return widgets.VBox([widgets.HBox(list(controls.values())), widgets.interactive_output(show, controls)])
+    live_controls(show, controls)
 
 
 def plot_examples(

@@ -744,18 +744,17 @@ def slice_widget(
     guidance_scale: float = 7.5,
     steps: int = 25,
     **slice_options,
-):
-    """A live control for readers who run the notebook: three prompts and the padding; the
-    "Run" button generates the anchors and redraws the ψ, ν, δ heatmaps (nothing runs until then)."""
+) -> None:
+    """Live controls (displayed) for readers who run the notebook: three prompts and the padding;
+    the "Run" button generates the anchors and redraws the ψ, ν, δ heatmaps (nothing runs until then)."""
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
 
-    from geomlib.plotting import heatmap_panels, outline_polygon
+    from geomlib.plotting import heatmap_panels, live_controls, outline_polygon
 
     if len(prompts) != 3:
         raise ValueError(f"a slice needs three prompts, got {len(prompts)}")
 
-    def redraw(prompt_a: str, prompt_b: str, prompt_c: str, padding: float) -> None:
+    def redraw(prompt_a: str, prompt_b: str, prompt_c: str, padding: float):
         anchors = generate(
             pipe,
             [prompt_a, prompt_b, prompt_c],
@@ -766,16 +765,15 @@ def slice_widget(
         result = latent_slice(
             pipe, anchors, resolution=resolution, padding=padding, progress=False, **slice_options
         )
-        outline_polygon(
-            heatmap_panels(result.grids, result.plane.extent),
-            result.plane.anchor_coords.numpy(),
-            labels="ABC",
-        )
-        plt.show()
+        fig = heatmap_panels(result.grids, result.plane.extent)
+        outline_polygon(fig, result.plane.anchor_coords.numpy(), labels="ABC")
+        return fig
 
     texts = {
         f"prompt_{key}": widgets.Text(value=text, layout=widgets.Layout(width="90%"))
         for key, text in zip("abc", prompts, strict=True)
     }
     slider = widgets.FloatSlider(value=padding, min=0.0, max=2.0, step=0.1, description="padding")
-    return widgets.interactive(redraw, {"manual": True, "manual_name": "Run"}, **texts, padding=slider)
+    live_controls(
+        redraw, {**texts, "padding": slider}, rows=[*([name] for name in texts), ["padding"]], manual=True
+    )

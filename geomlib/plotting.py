@@ -258,3 +258,50 @@ def image_frames_slider(
         heading.set_text(frame_titles[frame])
 
     return slider_animation(fig, update, len(frames))
+
+
+def live_controls(
+    draw: Callable[..., object],
+    controls: dict,
+    *,
+    rows: Sequence[Sequence[str]] | None = None,
+    manual: bool = False,
+) -> None:
+    """Display ipywidgets ``controls`` and what ``draw(**values)`` returns, redrawn on every change.
+
+    ``draw`` returns something to display, usually a matplotlib ``Figure`` (closed here, so the
+    backend does not show it twice). The result is shown through a display handle that is updated
+    in place, not captured by an ``Output`` widget: capturing output into a widget while a notebook
+    is executed by papermill/nbclient can deadlock the run (nbclient#312, nbconvert#2029).
+
+    Parameters
+    ----------
+    controls
+        ``{parameter name: widget}``; each widget's ``value`` is passed to ``draw`` by name.
+    rows
+        the parameter names per row of controls (default: all in one row).
+    manual
+        redraw only when the "Run" button is pressed (for draws that take seconds); nothing is
+        drawn until then.
+    """
+    import ipywidgets as widgets
+    from IPython.display import DisplayHandle, display
+
+    def render() -> object:
+        shown = draw(**{name: control.value for name, control in controls.items()})
+        if isinstance(shown, Figure):
+            plt.close(shown)
+        return shown
+
+    boxes = [widgets.HBox([controls[name] for name in row]) for row in (rows or [list(controls)])]
+    handle = DisplayHandle()
+    if manual:
+        button = widgets.Button(description="Run")
+        display(widgets.VBox([*boxes, button]))
+        handle.display("Press Run to draw.")
+        button.on_click(lambda _: handle.update(render()))
+        return
+    display(widgets.VBox(boxes))
+    handle.display(render())
+    for control in controls.values():
+        control.observe(lambda _: handle.update(render()), names="value")

@@ -361,18 +361,17 @@ def guidance_widget(
     seed: int = 0,
     rho: float | None = None,
     objective: str = "expected_bin",
-):
-    """A live control: prompt, seed and ρ (up to twice the largest of ``budget["grid_rhos"]``); *Run*
-    samples the seed with and without reward guidance and shows both with their ψ (nothing runs until
-    pressed)."""
+) -> None:
+    """Live controls (displayed): prompt, seed and ρ (up to twice the largest of
+    ``budget["grid_rhos"]``); *Run* samples the seed with and without reward guidance and shows both
+    with their ψ (nothing runs until pressed)."""
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
 
-    from geomlib.plotting import image_grid
+    from geomlib.plotting import image_grid, live_controls
 
     rho_max = 2 * max(abs(float(r)) for r in budget["grid_rhos"])
 
-    def redraw(prompt: str, seed: int, rho: float) -> None:
+    def redraw(prompt: str, seed: int, rho: float):
         sets = sample_rhos(
             pipe,
             net,
@@ -385,15 +384,17 @@ def guidance_widget(
         )
         images = np.concatenate([s.images for s in sets.values()])
         titles = [f"ρ = {r:+g}: ψ = {s.psi[0]:.1f}" for r, s in sets.items()]
-        image_grid(images, nrows=1, titles=titles, size=2.6)
-        plt.show()
+        return image_grid(images, nrows=1, titles=titles, size=2.6)
 
-    return widgets.interactive(
-        redraw,
-        {"manual": True, "manual_name": "Run"},
-        prompt=widgets.Text(value=prompt, layout=widgets.Layout(width="90%")),
-        seed=widgets.IntText(value=seed),
+    controls = dict(
+        prompt=widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="520px")),
+        seed=widgets.IntText(value=seed, description="seed"),
         rho=widgets.FloatSlider(
-            value=rho_max / 2 if rho is None else rho, min=-rho_max, max=rho_max, step=rho_max / 48
+            value=rho_max / 2 if rho is None else rho,
+            min=-rho_max,
+            max=rho_max,
+            step=rho_max / 48,
+            description="ρ",
         ),
     )
+    live_controls(redraw, controls, rows=[["prompt"], ["seed", "rho"]], manual=True)

@@ -677,17 +677,15 @@ def trajectory_explorer(
     """Live controls (for readers running the notebook): type or pick a prompt, set the guidance
     scale and seed, and step through the trajectory. New (prompt, seed, scale) trajectories are
     generated, described and cached on first use (seconds to minutes), then instant."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
+    from geomlib.plotting import live_controls
 
     views: dict[tuple, TrajectoryView] = {}
     controls = _explorer_controls(prompts, seed, guidance_scale, max_scale, store.steps)
 
-    def show(prompt: str, scale: float, seed: int, step: int) -> None:
+    def show(prompt: str, scale: float, seed: int, step: int):
         key = (prompt.strip(), int(seed), float(scale))
         if not key[0]:
-            return
+            return "Type a prompt."
         if key not in views:
             table = trajectory_descriptors(pipe, store, [key[0]], [key[1]], [key[2]], progress=False)
             views[key] = trajectory_view(pipe, store, table, *key, label=key[0])
@@ -695,9 +693,6 @@ def trajectory_explorer(
         fig, artists = _view_figure([views[key]], descriptors)
         _show_step(views[key], artists[0], step - 1)
         fig.tight_layout()
-        display(fig)
-        plt.close(fig)
+        return fig
 
-    rows = [("prompt", "seed"), ("scale", "step")]
-    boxes = [widgets.HBox([controls[a], controls[b]]) for a, b in rows]
-    return widgets.VBox([*boxes, widgets.interactive_output(show, controls)])
+    live_controls(show, controls, rows=[("prompt", "seed"), ("scale", "step")])

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from geomlib.plotting import DESCRIPTOR_CMAPS, DESCRIPTOR_LABELS, slider_animation
+from geomlib.plotting import DESCRIPTOR_CMAPS, DESCRIPTOR_LABELS, live_controls, slider_animation
 
 
 def _overlay(ax, data: np.ndarray | None) -> None:
@@ -174,14 +174,13 @@ def descriptor_explorer(
     extent: Sequence[float],
     *,
     data: np.ndarray | None = None,
-):
-    """Live ``ipywidgets`` controls for timestep, descriptor and checkpoint over precomputed maps.
-
-    ``maps[name]: (C, n_t, H, W)``. Returns the widget (display it); needs a running kernel.
+) -> None:
+    """Live ``ipywidgets`` controls for timestep, descriptor and checkpoint over precomputed maps,
+    displayed (they redraw only in a running kernel). ``maps[name]: (C, n_t, H, W)``.
     """
     import ipywidgets as widgets
 
-    def show(t_index: int, name: str, checkpoint: int) -> None:
+    def show(t_index: int, name: str, checkpoint: int):
         fig, ax = plt.subplots(figsize=(4.6, 4))
         values = maps[name][checkpoint]
         low, high = _robust_limits(values)
@@ -201,7 +200,7 @@ def descriptor_explorer(
             f" {iterations[checkpoint]} it",
             fontsize=9,
         )
-        plt.show()
+        return fig
 
     controls = {
         "t_index": widgets.IntSlider(value=0, min=0, max=len(timesteps) - 1, description="t index"),
@@ -212,5 +211,4 @@ def descriptor_explorer(
             description="checkpoint",
         ),
     }
-    output = widgets.interactive_output(show, controls)
-    return widgets.VBox([widgets.HBox(list(controls.values())), output])
+    live_controls(show, controls)
