@@ -58,7 +58,6 @@ class RewardNetConfig:
     n_bins: int = 5
 
 
-@torch.no_grad()
 class RewardNet(nn.Module):
     """``(x_t: (B, 4, h, w), t: (B,) or int) -> (B, n_bins)`` logits of ψ's level sets of the clean sample.
 
