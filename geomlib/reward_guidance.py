@@ -11,6 +11,11 @@ so the guided step equals the pipeline's own step plus ``ρ c_t ∇_{x_t} R(x_t,
 
     c_t = sqrt(1 - ᾱ_t) (sqrt(ᾱ_{t'} (1 - ᾱ_t) / ᾱ_t) - sqrt(1 - ᾱ_{t'})) >= 0.
 
+The step is the same for a v-predicting UNet (diffusers' DDIM turns ``v`` into ``ε`` and ``x̂0``
+first), so the formula holds for both prediction types. On a zero-terminal-SNR schedule
+(``ᾱ_T = 0``, the mini model's) the first step starts from pure noise, where ``x̂0 = -v`` does not
+depend on ``x_t`` and ``c_t`` is unbounded: that step is left unguided (``c_t = 0``).
+
 That is exactly what :class:`RewardGuidance` adds in the pipeline's ``callback_on_step_end``: the
 gradient is taken at the latent ``x_t`` that entered the step (the latent the previous callback
 returned, or the initial noise) and its timestep ``t``. ``ρ = 0`` returns the latents untouched, so
@@ -75,7 +80,7 @@ def reward_gradient(
 
 
 def check_ddim(pipe: SDPipeline) -> Any:
-    """The pipeline's scheduler if the guidance formula holds for it (DDIM, ε-prediction, no
+    """The pipeline's scheduler if the guidance formula holds for it (DDIM, ε- or v-prediction, no
     clipping or thresholding), else ``ValueError`` saying how to switch."""
     scheduler, config = pipe.scheduler, pipe.scheduler.config  # (Any: diffusers registers them at run time)
     if not isinstance(scheduler, DDIMScheduler):
@@ -83,16 +88,20 @@ def check_ddim(pipe: SDPipeline) -> Any:
             f"reward guidance is derived for DDIM; the pipeline has {type(scheduler).__name__}:"
             " set pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
         )
-    if config.prediction_type != "epsilon" or config.clip_sample or config.thresholding:
-        raise ValueError("reward guidance needs ε-prediction without clip_sample or thresholding")
+    if config.prediction_type not in ("epsilon", "v_prediction") or config.clip_sample or config.thresholding:
+        raise ValueError("reward guidance needs ε- or v-prediction without clip_sample or thresholding")
     return scheduler
 
 
 def guidance_coefficient(scheduler: Any, timestep: int) -> float:
-    """``c_t`` of the module docstring for the DDIM step from ``timestep`` (inference steps set)."""
+    """``c_t`` of the module docstring for the DDIM step from ``timestep`` (inference steps set);
+    0 where ``ᾱ_t = 0`` (pure noise: nothing to guide). The previous timestep is the one diffusers'
+    ``DDIMScheduler.step`` uses, ``t - T // steps``, whatever the timestep spacing."""
     alphas = scheduler.alphas_cumprod
     previous = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     alpha_t = float(alphas[timestep])
+    if alpha_t <= 0:
+        return 0.0
     alpha_prev = float(alphas[previous]) if previous >= 0 else float(scheduler.final_alpha_cumprod)
     return float(
         np.sqrt(1 - alpha_t) * (np.sqrt(alpha_prev * (1 - alpha_t) / alpha_t) - np.sqrt(1 - alpha_prev))

@@ -14,7 +14,7 @@ from matplotlib.path import Path as PolygonPath
 
 import geomlib
 from geomlib import latent
-from geomlib.mini.build import build_pipeline
+from geomlib.mini.build import build_pipeline, scheduler
 from geomlib.mini.world import World
 
 PROMPTS = [
@@ -103,17 +103,26 @@ def test_generate_reproduces_the_pipeline_and_is_deterministic(pipe):
     torch.testing.assert_close(alone.trajectory[0, 0], first.trajectory[0, 1])
 
 
-def test_trajectory_follows_the_ddim_update(pipe):
-    out = latent.generate(pipe, PROMPTS[:2], seed=0, guidance_scale=2.0, num_inference_steps=5)
+@pytest.mark.parametrize("zero_terminal_snr", [False, True], ids=["sd-epsilon", "zero-snr-v"])
+def test_trajectory_follows_the_ddim_update(pipe, zero_terminal_snr):
+    """x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps with eps implied by x_t and x0 (DDIM, eta = 0),
+    for SD's schedule (epsilon) and the mini model's (zero terminal SNR, v prediction)."""
+    original = pipe.scheduler
+    pipe.scheduler = scheduler(zero_terminal_snr)
+    try:
+        out = latent.generate(pipe, PROMPTS[:2], seed=0, guidance_scale=2.0, num_inference_steps=5)
+        alphas = pipe.scheduler.alphas_cumprod.double()
+    finally:
+        pipe.scheduler = original
     torch.testing.assert_close(out.trajectory[-1], out.latents)
-    alphas = pipe.scheduler.alphas_cumprod.double()
-    step = pipe.scheduler.config.num_train_timesteps // 5
-    for i, t in enumerate(out.timesteps.tolist()):
+    steps = out.timesteps.tolist()
+    assert steps[0] == (999 if zero_terminal_snr else 801)
+    for i, t in enumerate(steps):
         x_t, x0 = out.trajectory[i].double(), out.predicted_x0[i].double()
         a_t = alphas[t]
-        a_prev = alphas[t - step] if t - step >= 0 else alphas[0]  # set_alpha_to_one=False
+        a_prev = alphas[steps[i + 1]] if i + 1 < len(steps) else alphas[0]  # set_alpha_to_one=False
         eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps  # DDIM, eta = 0
+        expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         torch.testing.assert_close(out.trajectory[i + 1].double(), expected, rtol=1e-4, atol=1e-4)
 
 

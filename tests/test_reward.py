@@ -284,6 +284,50 @@ def test_callback_guidance_equals_classifier_guided_ddim_loop(pipe, net32):
     torch.testing.assert_close(guided.latents, x, rtol=1e-4, atol=1e-5)
 
 
+def test_guidance_on_a_zero_snr_v_prediction_schedule_equals_a_hand_written_ddim_loop(pipe, net32):
+    """The mini model's schedule (v-prediction, ᾱ_T = 0, trailing spacing): the callback's result
+    equals a DDIM loop written here from the formulas (v -> ε and x̂0, ε̃ = ε - ρ sqrt(1 - ᾱ_t) ∇R,
+    x̂0 re-implied by ε̃), with the first, pure-noise step unguided."""
+    from geomlib.mini.build import scheduler as mini_scheduler
+
+    prompts, rho, scale, steps = _prompts(), 3.0, 7.5, 4
+    original = pipe.scheduler
+    pipe.scheduler = mini_scheduler(zero_terminal_snr=True)
+    try:
+        noise = latent.initial_latents(pipe, 2, seed=3)
+        guided = reward.guided_generate(
+            pipe, net32, prompts, rho, latents=noise, guidance_scale=scale, num_inference_steps=steps
+        )
+        schedule = pipe.scheduler
+        schedule.set_timesteps(steps)
+        alphas = schedule.alphas_cumprod.double()
+        assert int(schedule.timesteps[0]) == 999 and alphas[999] == 0
+        with torch.no_grad():
+            positive, negative = pipe.encode_prompt(prompts, "cpu", 1, True)
+            embeddings = torch.cat([negative, positive])
+            x = noise.double()
+            for t in schedule.timesteps.tolist():
+                both = pipe.unet(torch.cat([x, x]).float(), t, encoder_hidden_states=embeddings).sample
+                v_u, v_c = both.chunk(2)
+                v = (v_u + scale * (v_c - v_u)).double()
+                a, previous = alphas[t], t - 1000 // steps
+                a_prev = alphas[previous] if previous >= 0 else alphas[0]
+                epsilon, x0 = a.sqrt() * v + (1 - a).sqrt() * x, a.sqrt() * x - (1 - a).sqrt() * v
+                if a > 0:
+                    with torch.enable_grad():
+                        probe = x.float().requires_grad_(True)
+                        objective = reward.reward_objective(net32(probe, t)).sum()
+                        (gradient,) = torch.autograd.grad(objective, probe)
+                    epsilon = epsilon - rho * (1 - a).sqrt() * gradient.double()
+                    x0 = (x - (1 - a).sqrt() * epsilon) / a.sqrt()
+                x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * epsilon
+        unguided = latent.generate(pipe, prompts, latents=noise, num_inference_steps=steps).latents
+    finally:
+        pipe.scheduler = original
+    assert (guided.latents - unguided).abs().max() > 1e-3
+    torch.testing.assert_close(guided.latents.double(), x, rtol=1e-4, atol=1e-4)
+
+
 def test_guidance_refuses_other_schedulers(pipe, net32):
     from diffusers import PNDMScheduler
 

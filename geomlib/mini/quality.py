@@ -21,7 +21,10 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from geomlib.latent import SDPipeline, decode_latents, encode_images, generate
-from geomlib.mini.world import ATTRIBUTES, World, caption
+from geomlib.mini.world import ATTRIBUTES, COLOURS, World, caption
+from geomlib.seeding import seeded_global_rng
+
+COLOUR_INDEX = list(ATTRIBUTES).index("colour")
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -31,39 +34,62 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32) / scale).permute(0, 3, 1, 2).contiguous()
 
 
-class AttributeClassifier(nn.Module):
-    """A small CNN with one head per captioned attribute (:data:`~geomlib.mini.world.ATTRIBUTES`).
+#: Attributes read from the colour image, and those read from the mask of the foreground colour.
+COLOUR_ATTRIBUTES: tuple[str, ...] = ("colour", "background", "texture")
+MASK_ATTRIBUTES: tuple[str, ...] = ("shape", "size", "position")
+PALETTE = (
+    torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255
+)  # (8, 3), in ATTRIBUTES["colour"] order
 
-    Input ``(N, 3, 32, 32)`` in [0, 1]; output ``{attribute: (N, classes) logits}``.
+
+def colour_mask(images: torch.Tensor, colours: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """Soft mask of the pixels close to each image's foreground colour, ``(N, 1, H, W)`` in [0, 1].
+
+    ``colours: (N,)`` palette indices (the caption's colour); RGB distance below ``threshold`` (in
+    [0, 1] units, about 64/255) counts as foreground. Texture-free: shape is read off this mask.
+    """
+    target = PALETTE.to(images.device)[colours][:, :, None, None]
+    distance = (images - target).norm(dim=1, keepdim=True)
+    return torch.sigmoid((threshold - distance) / 0.05)
+
+
+def _encoder(channels: int, width: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
+    for inputs in (width, 2 * width, 2 * width):  # 32 -> 16 -> 8 -> 4
+        layers += [nn.Conv2d(inputs, 2 * width, 3, stride=2, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU())
+
+
+class AttributeClassifier(nn.Module):
+    """Two small CNNs with one head per captioned attribute (:data:`~geomlib.mini.world.ATTRIBUTES`).
+
+    Colour, background and texture are read from the image; shape, size and position from the mask
+    of the foreground colour (:func:`colour_mask`), so textures cannot be mistaken for shapes. The
+    foreground colour is given: the caption's, i.e. the classifier answers "which shape, size and
+    position has the red object?". Input ``(N, 3, 32, 32)`` in [0, 1] and ``(N,)`` colour indices.
     """
 
     def __init__(self, width: int = 32):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(2 * width * 16, 128),
-            nn.ReLU(),
-        )
+        self.image_features, self.mask_features = _encoder(3, width), _encoder(1, width)
         self.heads = nn.ModuleDict({name: nn.Linear(128, len(values)) for name, values in ATTRIBUTES.items()})
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{attribute: (N, classes) logits}`` of ``(N, 3, 32, 32)`` images in [0, 1]."""
-        hidden = self.features(images * 2 - 1)
-        return {name: head(hidden) for name, head in self.heads.items()}
+    def forward(self, images: torch.Tensor, colours: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{attribute: (N, classes) logits}``."""
+        from_image = self.image_features(images * 2 - 1)
+        from_mask = self.mask_features(colour_mask(images, colours))
+        return {
+            name: head(from_mask if name in MASK_ATTRIBUTES else from_image)
+            for name, head in self.heads.items()
+        }
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
-        """``{attribute: (N,) class index}`` for ``(N, 3, 32, 32)`` images in [0, 1]."""
+    def predict(
+        self, images: torch.Tensor, colours: torch.Tensor, batch_size: int = 256
+    ) -> dict[str, torch.Tensor]:
+        """``{attribute: (N,) class index}``; the ``colour`` prediction ignores ``colours``."""
         parts = [
-            {k: v.argmax(1) for k, v in self(images[s : s + batch_size]).items()}
+            {k: v.argmax(1) for k, v in self(images[s : s + batch_size], colours[s : s + batch_size]).items()}
             for s in range(0, len(images), batch_size)
         ]
         return {name: torch.cat([p[name] for p in parts]) for name in ATTRIBUTES}
@@ -102,14 +128,13 @@ def train_classifier(
 ) -> AttributeClassifier:
     """Train :class:`AttributeClassifier` on ``(N, 3, H, W)`` images with ``(N, 6)`` labels."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the initialisation; the caller's global RNG is restored after
+    with seeded_global_rng(seed):  # the initialisation; the caller's global RNG is restored after
         model = AttributeClassifier()
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=max(steps, 1))
     for _ in tqdm(range(steps), desc="classifier", disable=not progress):
         index = torch.randint(0, len(images), (batch_size,), generator=generator)
-        logits = model(_augment(images[index], generator))
+        logits = model(_augment(images[index], generator), labels[index, COLOUR_INDEX])
         terms = (F.cross_entropy(logits[name], labels[index, i]) for i, name in enumerate(ATTRIBUTES))
         loss = sum(terms, torch.zeros(()))
         optimiser.zero_grad()
@@ -120,8 +145,9 @@ def train_classifier(
 
 
 def accuracy(classifier: AttributeClassifier, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Fraction of ``images`` whose predicted attribute equals ``labels``, per attribute."""
-    predicted = classifier.predict(images)
+    """Fraction of ``images`` whose predicted attribute equals ``labels: (N, 6)``, per attribute
+    (shape, size and position of the object in the labelled colour)."""
+    predicted = classifier.predict(images, labels[:, COLOUR_INDEX])
     return {
         name: float((predicted[name] == labels[:, i]).float().mean()) for i, name in enumerate(ATTRIBUTES)
     }
@@ -133,10 +159,14 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse)
 
 
+def vae_reconstructions(pipe: SDPipeline, images: torch.Tensor) -> torch.Tensor:
+    """The VAE's reconstructions (posterior mean, decoded) of ``(N, 3, H, W)`` images in [0, 1]."""
+    return to_tensor(decode_latents(pipe, encode_images(pipe, images)))
+
+
 def vae_psnr(pipe: SDPipeline, images: torch.Tensor) -> torch.Tensor:
     """``(N,)`` PSNR of the VAE's reconstructions (posterior mean) of ``(N, 3, H, W)`` images."""
-    reconstructions = decode_latents(pipe, encode_images(pipe, images))
-    return psnr(images, to_tensor(reconstructions))
+    return psnr(images, vae_reconstructions(pipe, images))
 
 
 def nearest_distances(
@@ -251,15 +281,19 @@ def evaluate(
     budget: QualityBudget | None = None,
     seed: int = 0,
 ) -> dict:
-    """All gates: VAE PSNR, classifier accuracy on renders, prompt following, memorisation."""
+    """All gates: VAE PSNR, classifier accuracy on renders and on their VAE reconstructions (what a
+    generated image can show at best), prompt following, memorisation."""
     budget = budget or QualityBudget()
     renders, scenes = world.dataset(budget.n_psnr, seed=10_000 + seed, novel=True)
     held_out = to_tensor(renders)
-    values = vae_psnr(pipe, held_out)
+    reconstructed = vae_reconstructions(pipe, held_out)
+    values = psnr(held_out, reconstructed)
     following, novel_images = prompt_following(pipe, classifier, world, budget, seed)
+    labels = attribute_labels(scenes)
     return {
         "vae_psnr_db": {"mean": float(values.mean()), **quantiles(values)},
-        "classifier_accuracy_on_renders": accuracy(classifier, held_out, attribute_labels(scenes)),
+        "classifier_accuracy_on_renders": accuracy(classifier, held_out, labels),
+        "classifier_accuracy_on_reconstructions": accuracy(classifier, reconstructed, labels),
         "chance": {name: 1 / len(values_) for name, values_ in ATTRIBUTES.items()},
         "prompt_accuracy": following,
         "memorisation": memorisation(pipe, world, train_images, novel_images, budget, seed),

@@ -4,7 +4,8 @@ Phases, each resumable from checkpoints in ``--work`` (``--resume``):
 
 1. the VAE (reconstruction + KL) on procedural images, then its latent ``scaling_factor``;
 2. the latents of the training set (posterior mean and std, sampled afresh every step);
-3. the CLIP text encoder and the UNet together (epsilon loss, 10 % caption dropout for
+3. the CLIP text encoder and the UNet together (v-prediction loss on a zero-terminal-SNR schedule,
+   see :func:`geomlib.mini.build.scheduler`; 10 % caption dropout for
    classifier-free guidance, a fixed share of each batch from the memorised scenes), with an EMA;
 4. the attribute classifier used by the quality gates;
 5. assembly with the shared builder, ``save_pretrained``, reload through ``load_pipeline``, the
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 
 from geomlib.latent import load_pipeline
 from geomlib.mini import quality
-from geomlib.mini.build import SD_BETAS, build_pipeline, parameter_counts
+from geomlib.mini.build import build_pipeline, parameter_counts
 from geomlib.mini.card import write_model_card
 from geomlib.mini.world import World
 from geomlib.profiles import default_device
@@ -61,7 +62,7 @@ class TrainConfig:
     vae_memorised_fraction: float = 0.125  # share of each VAE batch from the memorised scenes
     memorised_fraction: float = 0.3  # share of each denoiser batch: enough repetitions to memorise
     ema_decay: float = 0.998
-    classifier_steps: int = 600
+    classifier_steps: int = 800
     checkpoint_every: int = 100
     log_every: int = 25
     eval: dict = field(default_factory=lambda: asdict(quality.QualityBudget()))
@@ -185,7 +186,8 @@ def _captions(
 def _noisy_batch(
     step: int, config: TrainConfig, world: World, scenes: list, latents, n_train: int, pipe, schedule
 ):
-    """Step ``step``'s batch: ``(token ids, noisy latents, noise, timesteps)``, from ``(seed, 3, step)``."""
+    """Step ``step``'s batch: ``(token ids, noisy latents, target, timesteps)``, from ``(seed, 3, step)``;
+    the target is the noise or the velocity, as the pipeline's scheduler predicts."""
     rng, generator = np.random.default_rng([config.seed, 3, step]), _generator(config.seed, 3, step)
     mean, std = latents
     index = _batch_indices(rng, config.unet_batch, n_train, len(mean) - n_train, config.memorised_fraction)
@@ -202,7 +204,8 @@ def _noisy_batch(
     z0 = (mean[picked] + std[picked] * torch.randn(mean[picked].shape, generator=generator)) * scale
     noise = torch.randn(z0.shape, generator=generator)
     t = torch.randint(0, schedule.config.num_train_timesteps, (len(z0),), generator=generator)
-    return ids, schedule.add_noise(z0, noise, t), noise, t
+    target = noise if schedule.config.prediction_type == "epsilon" else schedule.get_velocity(z0, noise, t)
+    return ids, schedule.add_noise(z0, noise, t), target, t
 
 
 def _restore(path: Path, resume: bool, modules: dict, optimiser, log: Log) -> tuple[int, list]:
@@ -240,16 +243,16 @@ def train_denoiser(
     }
     params = [*unet.parameters(), *text_encoder.parameters()]
     optimiser = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=1e-4)
-    schedule: Any = DDPMScheduler(**SD_BETAS)
+    schedule: Any = DDPMScheduler.from_config(pipe.scheduler.config)  # the shipped noise schedule
     start, losses = _restore(work / "denoiser.pt", resume, modules, optimiser, log)
     unet.train(), text_encoder.train()
     device = unet.device
     for step in tqdm(
         range(start, config.unet_steps), desc="unet+text", initial=start, total=config.unet_steps
     ):
-        ids, noisy, noise, t = _noisy_batch(step, config, world, scenes, latents, n_train, pipe, schedule)
+        ids, noisy, target, t = _noisy_batch(step, config, world, scenes, latents, n_train, pipe, schedule)
         prediction = unet(noisy.to(device), t.to(device), text_encoder(ids.to(device))[0]).sample
-        loss = F.mse_loss(prediction, noise.to(device))
+        loss = F.mse_loss(prediction, target.to(device))
         for group in optimiser.param_groups:
             group["lr"] = config.unet_lr * _lr_factor(step, config.unet_steps)
         optimiser.zero_grad()
@@ -357,6 +360,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="novel prompts per guidance scale",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="train nothing: measure the quality gates of the model in --out again (with the config"
+        " recorded in its training.json), rewrite quality.json and the model card",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
     return parser.parse_args(argv)
@@ -378,6 +387,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Train every phase (resuming with ``--resume``), ship the pipeline to ``--out``, measure the
     quality gates and write the model card; returns the quality results."""
     args = parse_args(argv)
+    if args.evaluate_only:
+        return evaluate_shipped(Path(args.out), args.threads)
     out, work = Path(args.out), Path(args.work)
     if work.exists() and not args.resume:
         shutil.rmtree(work)
@@ -416,6 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
     timings["evaluation_s"] = time.time() - started - timings["training_total_s"]
     info: dict[str, Any] = dict(config=asdict(config), command=command, commit=commit, device=str(device))
     info |= dict(threads=torch.get_num_threads(), counts=parameter_counts(loaded), timings=timings)
+    info |= dict(scheduler=dict(loaded.scheduler.config))
     info |= dict(
         final_losses=_final_losses(vae_losses, unet_losses), scaling_factor=loaded.vae.config.scaling_factor
     )
@@ -423,6 +435,30 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "training.json").write_text(json.dumps(info, indent=1))  # everything the card is written from
     log(f"done in {time.time() - started:.0f} s")
     shutil.copy(work / "train.log", out / "train_log.txt")
+    write_model_card(out, info, results, world)
+    return results
+
+
+def evaluate_shipped(out: Path, threads: int | None = None) -> dict:
+    """Measure the quality gates of the shipped model in ``out`` again, with the training config and
+    seed recorded in its ``training.json``; rewrite ``quality.json`` and the model card (whose
+    training section keeps the recorded numbers). Returns the quality results."""
+    if threads:
+        torch.set_num_threads(threads)
+    info = json.loads((out / "training.json").read_text())
+    config = TrainConfig(**info["config"])
+    world = World(seed=config.seed)
+    images, _ = world.dataset(config.train_size, seed=0)  # the training renders, as in _prepare_data
+    loaded = load_pipeline(out, device=default_device(None))
+    results = quality.evaluate(
+        loaded,
+        quality.load_classifier(out),
+        world,
+        quality.to_tensor(images),
+        config_budget(config),
+        seed=config.seed,
+    )
+    (out / "quality.json").write_text(json.dumps(results, indent=1))
     write_model_card(out, info, results, world)
     return results
 
