@@ -270,9 +270,10 @@ def live_controls(
     """Display ipywidgets ``controls`` and what ``draw(**values)`` returns, redrawn on every change.
 
     ``draw`` returns something to display, usually a matplotlib ``Figure`` (closed here, so the
-    backend does not show it twice). The result is shown through a display handle that is updated
-    in place, not captured by an ``Output`` widget: capturing output into a widget while a notebook
-    is executed by papermill/nbclient can deadlock the run (nbclient#312, nbconvert#2029).
+    backend does not show it twice), or a ``str`` message. The result is shown through a display
+    handle that is updated in place, not captured by an ``Output`` widget: capturing output into a
+    widget while a notebook is executed by papermill/nbclient can deadlock the run (nbclient#312,
+    nbconvert#2029).
 
     Parameters
     ----------
@@ -285,20 +286,20 @@ def live_controls(
         drawn until then.
     """
     import ipywidgets as widgets
-    from IPython.display import DisplayHandle, display
+    from IPython.display import DisplayHandle, Pretty, display
 
     def render() -> object:
         shown = draw(**{name: control.value for name, control in controls.items()})
         if isinstance(shown, Figure):
             plt.close(shown)
-        return shown
+        return Pretty(shown) if isinstance(shown, str) else shown  # a message, without repr's quotes
 
     boxes = [widgets.HBox([controls[name] for name in row]) for row in (rows or [list(controls)])]
     handle = DisplayHandle()
     if manual:
         button = widgets.Button(description="Run")
         display(widgets.VBox([*boxes, button]))
-        handle.display("Press Run to draw.")
+        handle.display(Pretty("Press Run to draw."))
         button.on_click(lambda _: handle.update(render()))
         return
     display(widgets.VBox(boxes))

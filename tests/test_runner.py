@@ -83,7 +83,7 @@ def test_malformed_param_is_a_usage_error():
 # ------------------------------------------------------------------------- live controls
 
 
-def test_live_controls_redraw_on_change_and_manual_waits_for_run(capsys, monkeypatch):
+def test_live_controls_redraw_on_change_and_manual_waits_for_run(monkeypatch):
     """Controls drive ``draw`` by name; ``manual`` draws only on "Run"; figures are closed after use
     (shown through a display handle, never an Output widget that can hang papermill)."""
     import ipywidgets as widgets
@@ -115,6 +115,11 @@ def test_live_controls_redraw_on_change_and_manual_waits_for_run(capsys, monkeyp
             buttons.append(self)
 
     monkeypatch.setattr(widgets, "Button", RecordedButton)
+    from IPython.display import DisplayHandle
+
+    shown = []
+    monkeypatch.setattr(DisplayHandle, "display", lambda self, obj, **kwargs: shown.append(obj))
+    monkeypatch.setattr(DisplayHandle, "update", lambda self, obj, **kwargs: shown.append(obj))
     calls.clear()
     n = widgets.IntSlider(value=2)
     live_controls(draw, {"n": n, "label": widgets.Text(value="c")}, manual=True)
@@ -123,4 +128,4 @@ def test_live_controls_redraw_on_change_and_manual_waits_for_run(capsys, monkeyp
     (button,) = buttons
     button.click()
     assert calls == [(5, "c")]
-    assert "Press Run" in capsys.readouterr().out
+    assert shown[0].data == "Press Run to draw." and isinstance(shown[1], plt.Figure)
