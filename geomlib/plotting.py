@@ -6,6 +6,7 @@ Every function returns the matplotlib object it made, so a notebook can adjust a
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -63,6 +64,13 @@ def heatmap_panels(
     return fig
 
 
+def wrap_title(title: str, width_inches: float, fontsize: float = 8) -> str:
+    """``title`` broken into lines that fit ``width_inches`` at ``fontsize`` points (about 0.6 em
+    per character), keeping its own line breaks: long captions over small panels do not overlap."""
+    characters = max(8, int(0.9 * width_inches * 72 / (0.6 * fontsize)))  # axes are narrower than the panel
+    return "\n".join(textwrap.fill(line, characters) for line in title.split("\n"))
+
+
 def image_grid(
     images: np.ndarray,
     *,
@@ -87,7 +95,7 @@ def image_grid(
             continue
         ax.imshow(np.clip(images[index], 0, 1))
         if titles is not None:
-            ax.set_title(titles[index], fontsize=8)
+            ax.set_title(wrap_title(titles[index], size), fontsize=8)
     for row, label in enumerate(row_labels or []):
         axes[row, 0].set_ylabel(label, fontsize=8)
     fig.tight_layout()
