@@ -239,7 +239,8 @@ def open_model(model: str, device=None) -> tuple[StableDiffusionPipeline, str]:
         return tiny_random_pipeline().to(
             default_device(device)
         ), "UNTRAINED tiny random pipeline (placeholder)"
-    return load_pipeline(model, device=device), str(model)
+    is_mini = Path(model).resolve() == MINI_MODEL.resolve()
+    return load_pipeline(model, device=device), "mini-sd (data/mini-sd)" if is_mini else str(model)
 
 
 def default_model(profile: str) -> str:

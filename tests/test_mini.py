@@ -244,3 +244,13 @@ def test_model_card_gate_table_marks_each_gate_met_or_missed():
         "mean accuracy, guidance 7.5 minus guidance 1.0": "met",
         "median distance: novel to nearest / memorised to own image": "met",  # exactly 2x
     }
+
+
+@shipped
+def test_chapters_default_to_the_shipped_model_with_a_portable_label():
+    """Every latent chapter's default in smoke/book is the offline model, labelled without the
+    machine's absolute path (figures in the published book name it); paper asks for SD 1.4."""
+    assert Path(latent.default_model("book")) == MODEL
+    assert latent.default_model("paper") == latent.SD14
+    _, label = latent.open_model(latent.default_model("smoke"), "cpu")
+    assert label == "mini-sd (data/mini-sd)"
