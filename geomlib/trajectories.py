@@ -248,7 +248,9 @@ def _describe_missing(pipe, store: TrajectoryStore, keys: Sequence[tuple], progr
     loaded: dict[tuple, dict[str, torch.Tensor]] = {}
     size = store.settings.batch_size
     for start in tqdm(
-        range(0, len(pending), size), desc="descriptors along trajectories", disable=not progress
+        range(0, len(pending), size),
+        desc="descriptors along trajectories",
+        disable=not progress or not pending,  # no empty bar when everything is cached
     ):
         batch = pending[start : start + size]
         touched = list(dict.fromkeys(key for key, _ in batch))
