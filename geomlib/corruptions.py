@@ -453,7 +453,7 @@ def describe_latents(pipe, latents, settings: DescriptorSettings) -> dict[str, l
     """ψ, ν (and δ) of the decoder at ``latents: (N, 4, h, w)`` as ``{descriptor: N values}``."""
     result = decoder_descriptors(
         pipe,
-        latents.contiguous(),  # encode_images returns channels-last strides: use the plain layout
+        latents,
         method="projected",
         k=settings.k,
         seed=settings.seed,

@@ -595,7 +595,7 @@ def decoder_descriptors(
     k_used = min(k, int(np.prod(latents.shape[1:]))) if method == "randomized" and k else k
     parts = []
     for start in tqdm(range(0, len(latents), batch_size), desc="descriptors", disable=not progress):
-        z = latents[start : start + batch_size].to(device, dtype)
+        z = latents[start : start + batch_size].to(device, dtype).contiguous()  # encodings are strided
         parts.append(
             describe(
                 decoder,
