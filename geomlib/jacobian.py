@@ -85,6 +85,12 @@ def _output_shape(f: BatchFunction, z: torch.Tensor) -> tuple[int, ...]:
     return tuple(out.shape[1:])
 
 
+#: Vectors per backward pass on the CPU when no ``chunk_size`` is given. Measured on 2 cores: 8 at a
+#: time is 2.3-2.5x faster than all at once through diffusers VAE decoders (k = 32 and 120; the
+#: batched activations stay in cache) and 1.3x slower on a small MLP, where both take milliseconds.
+CPU_VJP_CHUNK = 8
+
+
 def vjp_rows(
     f: BatchFunction, z: torch.Tensor, cotangents: torch.Tensor, chunk_size: int | None = None
 ) -> torch.Tensor:
@@ -99,7 +105,8 @@ def vjp_rows(
     cotangents
         ``(k, D)`` vectors shared by all samples, or ``(k, B, D)`` one set per sample.
     chunk_size
-        at most this many vectors per backward pass (``None``: all at once).
+        at most this many vectors per backward pass. ``None``: :data:`CPU_VJP_CHUNK` on the CPU,
+        all at once on a GPU.
 
     Returns
     -------
@@ -108,6 +115,8 @@ def vjp_rows(
     batch = z.shape[0]
     if cotangents.ndim == 2:
         cotangents = cotangents.unsqueeze(1).expand(-1, batch, -1)
+    if chunk_size is None and z.device.type == "cpu":
+        chunk_size = CPU_VJP_CHUNK
     single = _one_sample(f)
 
     def rows_of(x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
