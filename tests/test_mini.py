@@ -254,3 +254,15 @@ def test_chapters_default_to_the_shipped_model_with_a_portable_label():
     assert latent.default_model("paper") == latent.SD14
     _, label = latent.open_model(latent.default_model("smoke"), "cpu")
     assert label == "mini-sd (data/mini-sd)"
+
+
+@shipped
+def test_shipped_model_card_is_exactly_what_the_script_writes(tmp_path):
+    """No hand edits: the card re-rendered from the shipped JSON records equals the shipped card."""
+    import shutil
+
+    from geomlib.mini.card import rerender
+
+    for name in ("training.json", "quality.json", "world.json"):
+        shutil.copy(MODEL / name, tmp_path / name)
+    assert rerender(tmp_path).read_text() == (MODEL / "MODEL_CARD.md").read_text()

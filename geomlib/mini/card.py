@@ -147,6 +147,8 @@ the commit that adds these weights.{resumed}
 def _quality_section(results: dict, config: dict, world: World) -> str:
     psnr, memo = results["vae_psnr_db"], results["memorisation"]
     return f"""## Quality gates (measured by `geomlib.mini.quality.evaluate`, raw numbers in `quality.json`)
+Re-measure a shipped model without training: `python -m geomlib.mini.train --out <folder> --evaluate-only`.
+
 **Reconstruction.** VAE PSNR on {results["budget"]["n_psnr"]} held-out renders (novel combinations):
 mean {psnr["mean"]:.2f} dB (median {psnr["median"]:.2f}, 10th percentile {psnr["p10"]:.2f}).
 
