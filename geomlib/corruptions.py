@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +35,15 @@ from PIL import Image
 from scipy import stats
 from tqdm.auto import tqdm
 
-from geomlib.latent import TINY_RANDOM, decode_latents, decoder_descriptors, encode_images, resolve_local
-from geomlib.mini.world import World, load_world
+from geomlib.cache import ResultCache, atomic_write, model_fingerprint  # noqa: F401  (chapters import them from here)
+from geomlib.latent import (  # noqa: F401  (world_for_model: chapters import it from here)
+    decode_latents,
+    decoder_descriptors,
+    encode_images,
+    pipeline_resolution,
+    world_for_model,
+)
+from geomlib.mini.world import World
 from geomlib.plotting import DESCRIPTOR_LABELS, image_grid, slider_animation
 
 #: The 15 corruptions of the ImageNet-C benchmark, in the package's order.
@@ -306,22 +311,6 @@ class ImageFolderImages:
         }
 
 
-def world_for_model(model: str, image_size: int | None = None) -> World | None:
-    """The procedural :class:`~geomlib.mini.world.World` a model was trained on, or ``None``.
-
-    The offline model (or any folder with a ``world.json``) gives its own world; the untrained
-    tiny pipeline (``"tiny-random"``) the world its vocabulary came from, at ``image_size``;
-    anything else (Stable Diffusion) has none.
-    """
-    if model == TINY_RANDOM:
-        return World(seed=0, n_memorised=4, image_size=image_size or 16)
-    try:
-        folder = resolve_local(model)
-    except FileNotFoundError:
-        return None
-    return load_world(folder) if folder is not None and (folder / "world.json").exists() else None
-
-
 #: Renders for this chapter are drawn with ``seed + HELD_OUT_SEED``: training combinations
 #: (in-domain), but not the training images themselves (those were drawn with seed 0).
 HELD_OUT_SEED = 1000
@@ -331,82 +320,6 @@ def in_domain_images(world: World, n: int, seed: int = 0) -> np.ndarray:
     """``(n, S, S, 3)`` uint8 fresh renders of the world's training combinations."""
     images, _ = world.dataset(n, seed=HELD_OUT_SEED + seed)
     return images
-
-
-def pipeline_resolution(pipe) -> int:
-    """Side in pixels of the images the pipeline's VAE works at."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-
-
-# ---------------------------------------------------------------------------------------------
-# Caching
-# ---------------------------------------------------------------------------------------------
-
-
-def model_fingerprint(pipe, modules: Sequence[str] = ("vae", "unet", "text_encoder")) -> str:
-    """A short hash of the weights (a sum per parameter) and configs of the pipeline's ``modules``,
-    so cached results of one model are never read for another. Chapter 04 needs only the VAE: its
-    cache survives a retrained UNet."""
-    sums = [p.detach().double().sum() for name in modules for p in getattr(pipe, name).parameters()]
-    digest = hashlib.sha1(torch.stack(sums).cpu().numpy().tobytes())
-    for name in modules:  # the configs too: e.g. the VAE's scaling_factor changes the decoder of z
-        config = getattr(pipe, name).config
-        fields = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # transformers / diffusers
-        fields = {k: v for k, v in fields.items() if not k.startswith("_") and k != "transformers_version"}
-        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())  # (paths, versions dropped)
-    return digest.hexdigest()[:16]
-
-
-class ResultCache:
-    """Results on disk, one file per key, in a folder named by a hash of ``settings``.
-
-    Everything that changes a result (model fingerprint, descriptor settings, image sample) goes
-    into ``settings``; a run with other settings uses another folder, so nothing stale is read.
-    JSON values (:meth:`load`, :meth:`save`) and tensors (:meth:`load_tensors`,
-    :meth:`save_tensors`) live side by side. Files are written atomically: an interrupted run
-    leaves whole files or none.
-    """
-
-    def __init__(self, root: str | os.PathLike, settings: dict):
-        text = json.dumps(settings, sort_keys=True, default=str)
-        self.settings = json.loads(text)
-        self.folder = Path(root) / hashlib.sha1(text.encode()).hexdigest()[:12]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "settings.json").write_text(text)
-
-    def path(self, key: Sequence, suffix: str = ".json") -> Path:
-        """The file of ``key`` (a tuple of JSON-able values)."""
-        digest = hashlib.sha1(json.dumps(list(key), default=str).encode()).hexdigest()[:20]
-        return self.folder / (digest + suffix)
-
-    def load(self, key: Sequence) -> dict | None:
-        """The JSON value stored under ``key``, or ``None``."""
-        path = self.path(key)
-        return json.loads(path.read_text())["value"] if path.exists() else None
-
-    def save(self, key: Sequence, value: dict) -> None:
-        """Store ``value`` (JSON-able) under ``key``."""
-        _atomic_write(self.path(key), lambda p: p.write_text(json.dumps({"key": list(key), "value": value})))
-
-    def load_tensors(self, key: Sequence) -> dict[str, torch.Tensor] | None:
-        """The tensors stored under ``key``, or ``None``."""
-        path = self.path(key, ".pt")
-        return torch.load(path, weights_only=True) if path.exists() else None
-
-    def save_tensors(self, key: Sequence, tensors: dict[str, torch.Tensor]) -> None:
-        """Store a dict of tensors under ``key``."""
-        _atomic_write(self.path(key, ".pt"), lambda p: torch.save(tensors, p))
-
-    def __len__(self) -> int:
-        return sum(
-            1 for p in self.folder.iterdir() if p.suffix in (".json", ".pt") and p.name != "settings.json"
-        )
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    write(partial)
-    os.replace(partial, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,7 +510,7 @@ def write_corrupted_images(
         )
         paths[0].parent.mkdir(parents=True, exist_ok=True)
         for path, image in zip(paths, corrupted, strict=True):
-            _atomic_write(path, functools.partial(_save_png, image))
+            atomic_write(path, functools.partial(_save_png, image))
     return folder
 
 

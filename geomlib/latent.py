@@ -27,6 +27,7 @@ from transformers.utils import logging as transformers_logging
 
 from geomlib.descriptors import Descriptors, describe
 from geomlib.jacobian import Method
+from geomlib.mini.world import World, load_world
 from geomlib.profiles import default_device
 
 
@@ -241,6 +242,27 @@ def open_model(model: str, device=None) -> tuple[StableDiffusionPipeline, str]:
         ), "UNTRAINED tiny random pipeline (placeholder)"
     is_mini = Path(model).resolve() == MINI_MODEL.resolve()
     return load_pipeline(model, device=device), "mini-sd (data/mini-sd)" if is_mini else str(model)
+
+
+def world_for_model(model: str, image_size: int | None = None) -> World | None:
+    """The procedural :class:`~geomlib.mini.world.World` a model was trained on, or ``None``.
+
+    The offline model (or any folder with a ``world.json``) gives its own world; the untrained
+    tiny pipeline (``"tiny-random"``) the world its vocabulary came from, at ``image_size``;
+    anything else (Stable Diffusion) has none.
+    """
+    if model == TINY_RANDOM:
+        return World(seed=0, n_memorised=4, image_size=image_size or 16)
+    try:
+        folder = resolve_local(model)
+    except FileNotFoundError:
+        return None
+    return load_world(folder) if folder is not None and (folder / "world.json").exists() else None
+
+
+def pipeline_resolution(pipe) -> int:
+    """Side in pixels of the images the pipeline's VAE works at."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
 
 def default_model(profile: str) -> str:

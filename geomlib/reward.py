@@ -20,7 +20,6 @@ from geomlib.reward_chapter import (  # noqa: F401  (re-exported)
     describe_samples,
     guidance_prompts,
     guidance_widget,
-    image_size,
     is_stable_diffusion,
     level_set_examples,
     n_sweep,
@@ -45,8 +44,6 @@ from geomlib.reward_data import (  # noqa: F401  (re-exported)
     load_reward_data,
     prepare_reward_data,
     psi_from_describe_cli,
-    settings_key,
-    vae_fingerprint,
 )
 from geomlib.reward_eval import (  # noqa: F401  (re-exported)
     STATISTICS,

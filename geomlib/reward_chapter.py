@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from geomlib.latent import SD14, SDPipeline, decode_latents, resolve_local
-from geomlib.mini.world import World, caption, load_world
+from geomlib.cache import model_fingerprint, settings_key
+from geomlib.latent import SD14, SDPipeline, decode_latents, pipeline_resolution, world_for_model
+from geomlib.mini.world import World, caption
 from geomlib.reward_data import (
     FolderImages,
     ImageSource,
@@ -22,8 +23,6 @@ from geomlib.reward_data import (
     decoder_psi,
     prepare_reward_data,
     psi_from_describe_cli,
-    settings_key,
-    vae_fingerprint,
 )
 from geomlib.reward_eval import SampleSet, image_statistics, mean_ci, pixel_features
 from geomlib.reward_guidance import GuidedSamples, guided_generate
@@ -81,20 +80,11 @@ def is_stable_diffusion(model: str) -> bool:
     return model == SD14 or "stable-diffusion" in str(model)
 
 
-def image_size(pipe: SDPipeline) -> int:
-    """Side of the pipeline's square images (UNet sample size times the VAE factor)."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-
-
 def world_for(pipe: SDPipeline, model: str) -> World:
-    """The procedural world of ``model`` (its ``world.json``), or a default one at the pipeline's size."""
-    try:
-        folder = resolve_local(model)
-    except FileNotFoundError:
-        folder = None
-    if folder is not None and (folder / "world.json").exists():
-        return load_world(folder)
-    return World(seed=0, image_size=image_size(pipe))
+    """The procedural world of ``model`` (:func:`geomlib.latent.world_for_model`), or a default one
+    at the pipeline's size for a model without one (Stable Diffusion)."""
+    size = pipeline_resolution(pipe)
+    return world_for_model(model, size) or World(seed=0, image_size=size)
 
 
 def guidance_prompts(model: str, n: int, seed: int = 0, world: World | None = None) -> list[str]:
@@ -150,7 +140,7 @@ def chapter_reward_data(
     lookup = None
     source: ImageSource
     if imagenet_folder is not None:
-        size = (image_size(pipe), image_size(pipe))
+        size = (pipeline_resolution(pipe), pipeline_resolution(pipe))
         source = FolderImages(Path(imagenet_folder), size)
         out = cache_dir / f"describe-{settings_key(source=source.description(), psi=psi.identity())}.parquet"
         lookup = psi_from_describe_cli(
@@ -167,7 +157,7 @@ def chapter_reward_data(
         source = WorldImages(world_for(pipe, model), seed=1)
     key = settings_key(
         source=source.description(),
-        vae=vae_fingerprint(pipe),
+        vae=model_fingerprint(pipe, ["vae"]),
         psi=psi.identity(),
         shards=budget["shard_size"],
     )
@@ -210,7 +200,9 @@ def chapter_reward_model(
         checkpoint_every=budget["eval_every"],
         seed=seed,
     )
-    key = settings_key(net=net_config, train=config, ids=train.ids[:n] + val.ids, vae=vae_fingerprint(pipe))
+    key = settings_key(
+        net=net_config, train=config, ids=train.ids[:n] + val.ids, vae=model_fingerprint(pipe, ["vae"])
+    )
     return train_reward_model(
         train.subset(slice(0, n)),
         val,

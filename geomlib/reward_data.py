@@ -18,12 +18,11 @@ size or on where a run was interrupted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from geomlib.cache import model_fingerprint, save_atomic
 from geomlib.latent import SDPipeline, decoder_descriptors, encode_images
 from geomlib.mini.world import World
 
@@ -233,21 +233,6 @@ class RewardData:
         return RewardData(self.clean[rows], self.psi[rows], self.noisy[rows], self.timesteps[rows], ids)
 
 
-def vae_fingerprint(pipe: SDPipeline) -> str:
-    """SHA-1 (12 hex digits) of the VAE's weights and scaling factor: data of another VAE is refused."""
-    digest = hashlib.sha1(repr(float(pipe.vae.config.scaling_factor)).encode())
-    for name, tensor in sorted(pipe.vae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
-
-
-def _save_atomic(state: object, path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)  # an interrupted save never leaves a half-written shard
-
-
 def _check_manifest(folder: Path, settings: dict) -> None:
     path = folder / MANIFEST
     if path.exists():
@@ -325,7 +310,7 @@ def prepare_reward_data(
     folder = Path(folder)
     settings = {
         "source": source.description(),
-        "vae": vae_fingerprint(pipe),
+        "vae": model_fingerprint(pipe, ["vae"]),
         "psi": {**psi.identity(), "via": "lookup" if psi_lookup is not None else "decoder_descriptors"},
         "noise_seed": noise_seed,
         "shard_size": shard_size,
@@ -338,7 +323,7 @@ def prepare_reward_data(
             start, stop = shard * shard_size, min((shard + 1) * shard_size, n)
             path = folder / f"shard-{shard:05d}.pt"
             if not path.exists() or len(torch.load(path)["ids"]) < stop - start:
-                _save_atomic(_compute_shard(pipe, source, start, stop, psi, noise_seed, psi_lookup), path)
+                save_atomic(_compute_shard(pipe, source, start, stop, psi, noise_seed, psi_lookup), path)
             bar.update(stop - start)
     return load_reward_data(folder, n)
 
@@ -405,13 +390,3 @@ def psi_from_describe_cli(
         return torch.tensor([values[i] for i in ids], dtype=torch.float64)
 
     return lookup
-
-
-def settings_key(**settings) -> str:
-    """A short stable hash of JSON-able settings, to name cache folders and checkpoints."""
-    text = json.dumps(
-        {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in settings.items()},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha1(text.encode()).hexdigest()[:10]

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from geomlib.cache import save_atomic
 from geomlib.reward_data import RewardData, add_forward_noise, bin_edges, bin_labels, item_generator
 from geomlib.seeding import reinitialise
 
@@ -140,12 +141,6 @@ class TrainedReward:
         return self.history[-1]["val_accuracy"] if self.history else float("nan")
 
 
-def _save_atomic(state: object, path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
-
-
 @torch.no_grad()
 def evaluate_reward(
     net: RewardNet, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor, batch_size: int = 512
@@ -240,7 +235,7 @@ def train_reward_model(
         if checkpoint is not None and ((step + 1) % config.checkpoint_every == 0 or done):
             state = dict(identity=identity, state=net.state_dict(), optimiser=optimiser.state_dict(),
                          step=step + 1, history=history)  # fmt: skip
-            _save_atomic(state, Path(checkpoint))
+            save_atomic(state, Path(checkpoint))
     return TrainedReward(net=net.eval(), history=history, n_train=len(train))
 
 

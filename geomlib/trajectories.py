@@ -27,11 +27,11 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 from tqdm.auto import tqdm
 
+from geomlib.cache import ResultCache
 from geomlib.corruptions import (
     DESCRIPTORS,
     SYMBOLS,
     DescriptorSettings,
-    ResultCache,
     describe_latents,
     paired_change,
 )
@@ -179,7 +179,7 @@ def file_prompt_sets(
 class TrajectoryStore:
     """Cached trajectories and their per-step descriptors for one model and sampler setting.
 
-    Two :class:`~geomlib.corruptions.ResultCache` folders under ``root``: the trajectories
+    Two :class:`~geomlib.cache.ResultCache` folders under ``root``: the trajectories
     (keyed by the model fingerprint and the number of steps) and the descriptors (keyed also by
     the descriptor settings and ``source``), so changing ``k`` reuses the generated trajectories.
     Keys are ``(prompt, seed, guidance_scale)``; a descriptor entry holds one record per step.

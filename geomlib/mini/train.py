@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from geomlib.cache import save_atomic
 from geomlib.latent import load_pipeline
 from geomlib.mini import quality
 from geomlib.mini.build import build_pipeline, parameter_counts
@@ -79,13 +79,6 @@ class Log:
         with self.path.open("a") as handle:
             handle.write(line + "\n")
         tqdm.write(line)
-
-
-def _save(state: object, path: Path) -> None:
-    """Write atomically: an interrupted save never leaves a broken checkpoint."""
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
 
 
 def _generator(*parts: int) -> torch.Generator:
@@ -143,7 +136,7 @@ def train_vae(
             recent = np.array(losses[-config.log_every :])[:, 1:].mean(0)
             log(f"vae step {step + 1}/{config.vae_steps} mse {recent[0]:.5f} kl {recent[1]:.1f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
-            _save(
+            save_atomic(
                 {
                     "model": vae.state_dict(),
                     "optimiser": optimiser.state_dict(),
@@ -268,7 +261,7 @@ def train_denoiser(
             log(f"unet step {step + 1}/{config.unet_steps} loss {recent:.4f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
             checkpoint = {key: module.state_dict() for key, module in modules.items()}
-            _save(
+            save_atomic(
                 checkpoint | {"optimiser": optimiser.state_dict(), "step": step + 1, "losses": losses},
                 work / "denoiser.pt",
             )
@@ -292,7 +285,7 @@ def _vae_phase(pipe, images, n_train, config, work, log, resume, device):
         mean, std = torch.load(cache)
     else:
         mean, std = (t.cpu() for t in encode_dataset(vae, images.to(device)))
-        _save((mean, std), cache)
+        save_atomic((mean, std), cache)
     sample = mean + std * torch.randn(mean.shape, generator=_generator(config.seed, 2))
     scale = float(1 / sample[:n_train].std())
     vae.register_to_config(scaling_factor=scale)
@@ -310,7 +303,7 @@ def _classifier_phase(images, scenes, n_train, config, work, log, resume):
     classifier = quality.train_classifier(
         (images[:n_train] + 1) / 2, labels, steps=config.classifier_steps, seed=config.seed
     )
-    _save(classifier.state_dict(), path)
+    save_atomic(classifier.state_dict(), path)
     log("classifier: trained")
     return classifier
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from geomlib.cache import save_atomic
 from geomlib.profiles import torch_threads
 
 #: Budgets of chapter 2 (``geomlib.select_budget(TOY_DDPM_BUDGETS, profile)``). ``checkpoints``
@@ -312,13 +312,6 @@ def _checkpoint_files(directory: Path) -> dict[int, Path]:
     return found
 
 
-def _save_atomic(state: dict, path: Path) -> None:
-    """Write to a temporary file, then rename: an interrupted save never leaves a torn file."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path: str | Path, device: torch.device | str | None = None) -> tuple[Denoiser, dict]:
     """Rebuild the denoiser saved at ``path``; returns ``(model in eval mode, checkpoint dict)``.
 
@@ -449,7 +442,7 @@ def _save_checkpoint(directory: Path, state: dict, kept: bool) -> None:
     """Kept checkpoints stay; a rolling one replaces the previous rolling one."""
     iteration = state["iteration"]
     name = f"{'step' if kept else 'resume'}_{iteration:07d}.pt"
-    _save_atomic(state, directory / name)
+    save_atomic(state, directory / name)
     for old in directory.glob("resume_*.pt"):
         if old.name != name:
             old.unlink()
