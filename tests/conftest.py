@@ -34,3 +34,14 @@ def diagonal_quadratic():
 def linear_map():
     """Factory for matrices with known singular values: the closed-form truth of many tests."""
     return _linear_map
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    """The untrained tiny SD-architecture pipeline, on one CPU thread (a tiny model: threads only
+    add overhead, and much more on a busy CPU)."""
+    from geomlib.latent import tiny_random_pipeline
+    from geomlib.profiles import torch_threads
+
+    with torch_threads(1):
+        yield tiny_random_pipeline()

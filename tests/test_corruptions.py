@@ -15,14 +15,6 @@ from geomlib import describe
 from geomlib.latent import encode_images, latent_decoder, tiny_random_pipeline
 
 
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: threads only add overhead, and much more on a busy CPU
-    yield tiny_random_pipeline()
-    torch.set_num_threads(threads)
-
-
 def _random_image(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 

@@ -12,7 +12,7 @@ import torch
 from geomlib import describe
 from geomlib import trajectories as T
 from geomlib.corruptions import DescriptorSettings
-from geomlib.latent import generate, initial_latents, latent_decoder, tiny_random_pipeline
+from geomlib.latent import generate, initial_latents, latent_decoder
 from geomlib.mini.world import World, caption
 
 
@@ -97,14 +97,6 @@ def test_mean_curves_give_the_t_interval():
     assert (row["mean"], row["low"], row["high"], row["n"]) == pytest.approx(
         (3, 3 - half, 3 + half, 5), rel=1e-5
     )
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: threads only add overhead, and much more on a busy CPU
-    yield tiny_random_pipeline()
-    torch.set_num_threads(threads)
 
 
 def test_step_descriptors_match_the_kernels_share_noise_and_resume(tiny_pipe, tmp_path, monkeypatch):
