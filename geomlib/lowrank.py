@@ -458,9 +458,7 @@ def empirical_pmp(train: torch.Tensor, alpha_bar_t: float) -> BatchFunction:
     return lambda x_t: empirical_posterior_mean(x_t, train, alpha_bar_t)
 
 
-def denoiser_pmp(
-    denoiser: Callable[[torch.Tensor, torch.Tensor | int], torch.Tensor], t: int
-) -> BatchFunction:
+def denoiser_pmp(denoiser: Callable[[torch.Tensor, int], torch.Tensor], t: int) -> BatchFunction:
     """``x_t -> denoiser(x_t, t)`` at a fixed timestep ``t``: the learned PMP."""
     return lambda x_t: denoiser(x_t, t)
 
@@ -987,6 +985,67 @@ def edit_sweep(
         for i in tqdm(range(0, len(edited), batch_size), desc="edits", disable=not progress, leave=False)
     ]
     return torch.cat(parts).reshape(len(directions), len(strengths), *x_t.shape[1:])
+
+
+@dataclass
+class EditComparison:
+    """LOCO-style edits at one latent against two controls (see :func:`compare_edits`).
+
+    Attributes
+    ----------
+    edit : the top-``k`` edit directions, their singular values and the null direction.
+    null_rank : the 99 %-energy rank of the PMP Jacobian the null direction is orthogonal to.
+    directions : ``(k + 2, *shape)`` ``v_1 .. v_k``, the null direction, a random unit direction.
+    labels : ``["v1", ..., "vk", "null", "random"]``.
+    strengths : the ``L`` values of ``lambda``.
+    latents : ``(k + 2, L, *shape)`` clean latents sampled from ``x_t + lambda * direction``.
+    """
+
+    edit: EditDirections
+    null_rank: int
+    directions: torch.Tensor
+    labels: list[str]
+    strengths: list[float]
+    latents: torch.Tensor
+
+
+def compare_edits(
+    sampler: Callable[[torch.Tensor, int], torch.Tensor],
+    alpha_bar: torch.Tensor,
+    x_t: torch.Tensor,
+    timesteps: Sequence[int],
+    strengths: Sequence[float],
+    k: int,
+    *,
+    spectrum_k: int | None = None,
+    power_iters: int = 2,
+    chunk_size: int | None = None,
+    seed: int = 0,
+) -> EditComparison:
+    """Edit ``x_t`` (at ``timesteps[0]``) along the top-``k`` singular vectors of the PMP Jacobian,
+    a null direction and a random direction, then finish sampling each edited latent by DDIM.
+
+    The null direction is orthogonal to the top ``null_rank`` singular vectors, ``null_rank`` the
+    99 %-energy rank of the Jacobian's spectrum (:func:`spectral_rank`; exact spectrum, or the top
+    ``spectrum_k`` by randomized SVD), at least ``k`` and below the latent dimension. The random
+    direction (seed ``seed + 2``) is the control that neither respects nor avoids the Jacobian.
+    """
+    pmp = denoiser_pmp(sampler, int(timesteps[0]))  # the PMP at the edit timestep
+    sigma = jacobian_singular_values(
+        pmp, x_t, method="exact" if spectrum_k is None else "randomized", k=spectrum_k, chunk_size=chunk_size
+    )
+    null_rank = min(max(int(spectral_rank(sigma)[0]), k), x_t[0].numel() - 1)
+    edit = edit_directions(
+        pmp, x_t, k, null_rank=null_rank, power_iters=power_iters, seed=seed, chunk_size=chunk_size
+    )
+    random_direction = torch.randn(x_t.shape[1:], generator=torch.Generator().manual_seed(seed + 2)).to(x_t)
+    directions = torch.cat(
+        [edit.directions, edit.null_direction[None], (random_direction / random_direction.norm())[None]]
+    )
+    labels = [f"v{i + 1}" for i in range(k)] + ["null", "random"]
+    strengths = [float(s) for s in strengths]
+    latents = edit_sweep(sampler, alpha_bar, x_t, directions, strengths, timesteps)
+    return EditComparison(edit, null_rank, directions, labels, strengths, latents)
 
 
 # --------------------------------------------------------------------------------------------

@@ -262,3 +262,25 @@ def test_split_timesteps_and_input_checks():
         lr.MoLRG.posterior_mean(lr.make_molrg(4, (2,)), torch.zeros(1, 4), 1.0)
     with pytest.raises(ValueError):
         lr.ddim_sample(lambda x, t: x, lr.ddpm_alpha_bar(), torch.zeros(1, 2), [10, 20])
+
+
+def test_compare_edits_on_one_gaussian_subspace_null_edits_vanish_and_top_edits_move_the_sample():
+    """One subspace of rank 3 in R^10: the PMP Jacobian is a multiple of the projector, so its
+    99 %-energy rank is 3, the null direction lies outside the subspace and DDIM erases it (every
+    lambda ends at the unedited sample), while v_1 lies inside and moves the sample by lambda."""
+    model = lr.make_molrg(10, (3,), generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    alpha_bar = lr.ddpm_alpha_bar()
+    sampler = lambda x, t: model.posterior_mean(x, float(alpha_bar[t]))  # noqa: E731
+    timesteps = lr.ddim_timesteps(700, 200)
+    x_t = torch.randn(1, 10, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    strengths = [-2.0, 0.0, 2.0]
+    out = lr.compare_edits(sampler, alpha_bar, x_t, timesteps, strengths, 2, seed=3)
+    assert out.null_rank == 3 and out.labels == ["v1", "v2", "null", "random"]
+    assert out.latents.shape == (4, 3, 10)
+    projector = model.bases[0] @ model.bases[0].T
+    null = out.directions[2]
+    assert float((projector @ null).norm()) < 1e-6 and abs(float(null.norm()) - 1) < 1e-6
+    unedited = out.latents[0, 1]
+    torch.testing.assert_close(out.latents[2], unedited.expand(3, -1), atol=1e-3, rtol=0)
+    moved = (out.latents[0, 2] - unedited).norm()
+    assert float(moved) > 1.0  # v1 is in the subspace: the edit survives sampling
