@@ -51,11 +51,11 @@ class TrainConfig:
 
     seed: int = 0
     train_size: int = 40_000
-    vae_steps: int = 1200
-    vae_batch: int = 32
+    vae_steps: int = 3000
+    vae_batch: int = 64
     vae_lr: float = 1e-3
     kl_weight: float = 1e-5
-    unet_steps: int = 2400
+    unet_steps: int = 3600
     unet_batch: int = 64
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1
