@@ -412,6 +412,27 @@ class _TrajectoryRecorder:
         return callback_kwargs
 
 
+#: Guidance rescale on zero-terminal-SNR schedules (Lin et al. 2024, section 3.4, who recommend 0.7):
+#: with pure noise at t = T, plain classifier-free guidance at SD's usual 7.5 over-exposes. SD's
+#: own schedule keeps plain guidance (0).
+ZERO_SNR_GUIDANCE_RESCALE = 0.7
+
+
+def default_guidance_rescale(pipe: SDPipeline) -> float:
+    """The guidance rescale for ``pipe``'s scheduler: :data:`ZERO_SNR_GUIDANCE_RESCALE` on a
+    zero-terminal-SNR schedule (``rescale_betas_zero_snr``, the mini model), else 0 (SD 1.4)."""
+    zero_snr = bool(getattr(pipe.scheduler.config, "rescale_betas_zero_snr", False))
+    return ZERO_SNR_GUIDANCE_RESCALE if zero_snr else 0.0
+
+
+def resolve_guidance_rescale(pipe: SDPipeline, guidance_rescale: float | None) -> float:
+    """``guidance_rescale``, or the pipeline's default for ``None``; must lie in [0, 1]."""
+    value = default_guidance_rescale(pipe) if guidance_rescale is None else float(guidance_rescale)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+    return value
+
+
 @torch.no_grad()
 def generate(
     pipe: SDPipeline,
@@ -424,6 +445,7 @@ def generate(
     height: int | None = None,
     width: int | None = None,
     batch_size: int | None = None,
+    guidance_rescale: float | None = None,
 ) -> Generation:
     """Text-to-image with the pipeline's own sampler, recording the trajectory.
 
@@ -439,6 +461,9 @@ def generate(
         optional ``(B, 4, h, w)`` initial noise.
     batch_size
         prompts per pipeline call (default: all).
+    guidance_rescale
+        blend of the guided prediction rescaled to the conditional one's standard deviation
+        (diffusers' ``guidance_rescale``); ``None``: :func:`default_guidance_rescale`.
     """
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
@@ -448,9 +473,12 @@ def generate(
     if len(noise) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(noise)} initial latents")
     batch_size = batch_size or len(prompts)
+    guidance = dict(
+        guidance_scale=guidance_scale, guidance_rescale=resolve_guidance_rescale(pipe, guidance_rescale)
+    )
     parts = [
         _generate_batch(
-            pipe, prompts[s : s + batch_size], noise[s : s + batch_size], guidance_scale, num_inference_steps
+            pipe, prompts[s : s + batch_size], noise[s : s + batch_size], guidance, num_inference_steps
         )
         for s in range(0, len(prompts), batch_size)
     ]
@@ -463,14 +491,14 @@ def generate(
     )
 
 
-def _generate_batch(pipe, prompts, noise, guidance_scale, steps) -> Generation:
+def _generate_batch(pipe, prompts, noise, guidance: dict, steps) -> Generation:
     recorder = _TrajectoryRecorder(pipe)
     pipe.scheduler.step = recorder.step  # instance attribute: shadows the method during this call
     try:
         out = pipe(
             prompts,
             num_inference_steps=steps,
-            guidance_scale=guidance_scale,
+            **guidance,
             latents=noise.to(pipe.unet.device, pipe.unet.dtype),
             output_type="latent",
             callback_on_step_end=recorder.callback,

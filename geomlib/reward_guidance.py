@@ -34,7 +34,7 @@ from diffusers import DDIMScheduler
 from torch import nn
 
 from geomlib.jacobian import vjp_rows
-from geomlib.latent import SDPipeline, decode_latents, initial_latents
+from geomlib.latent import SDPipeline, decode_latents, initial_latents, resolve_guidance_rescale
 
 OBJECTIVES: tuple[str, ...] = ("expected_bin", "log_prob")
 
@@ -186,12 +186,14 @@ def guided_generate(
     objective: Objective = "expected_bin",
     latents: torch.Tensor | None = None,
     batch_size: int | None = None,
+    guidance_rescale: float | None = None,
 ) -> GuidedSamples:
     """Text-to-image with the pipeline's sampler (DDIM + CFG ``guidance_scale``) plus reward guidance ``ρ``.
 
     Prompt ``i`` starts from :func:`geomlib.latent.initial_latents` seed ``seed + i`` (or from
     ``latents``), as in :func:`geomlib.latent.generate`: the same seeds and prompts give the same
     samples at ``ρ = 0``, and paired samples across ``ρ``. ``net`` may be ``None`` only for ``ρ = 0``.
+    ``guidance_rescale``: as in :func:`geomlib.latent.generate` (``None``: the pipeline's default).
     """
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
@@ -201,6 +203,7 @@ def guided_generate(
     if len(noise) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(noise)} initial latents")
     batch_size = batch_size or len(prompts)
+    rescale = resolve_guidance_rescale(pipe, guidance_rescale)
     finals = []
     for start in range(0, len(prompts), batch_size):
         batch = noise[start : start + batch_size].to(pipe.unet.device, pipe.unet.dtype)
@@ -209,6 +212,7 @@ def guided_generate(
             prompts[start : start + batch_size],
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
+            guidance_rescale=rescale,
             latents=batch,
             output_type="latent",
             callback_on_step_end=callback,

@@ -103,6 +103,28 @@ def test_generate_reproduces_the_pipeline_and_is_deterministic(pipe):
     torch.testing.assert_close(alone.trajectory[0, 0], first.trajectory[0, 1])
 
 
+def test_guidance_rescale_defaults_to_lin_et_al_on_zero_snr_schedules_only(pipe):
+    """SD's schedule: plain guidance (rescale 0); a zero-terminal-SNR schedule: rescale 0.7, the
+    same sample as asking for it, and not the plain-guidance one. Out-of-range values are refused."""
+    kwargs = dict(seed=2, guidance_scale=7.5, num_inference_steps=3)
+    plain = latent.generate(pipe, PROMPTS[:2], guidance_rescale=0.0, **kwargs)
+    assert latent.default_guidance_rescale(pipe) == 0.0
+    torch.testing.assert_close(latent.generate(pipe, PROMPTS[:2], **kwargs).latents, plain.latents)
+    original = pipe.scheduler
+    pipe.scheduler = scheduler(zero_terminal_snr=True)
+    try:
+        assert latent.default_guidance_rescale(pipe) == 0.7
+        default = latent.generate(pipe, PROMPTS[:2], **kwargs)
+        asked = latent.generate(pipe, PROMPTS[:2], guidance_rescale=0.7, **kwargs)
+        unrescaled = latent.generate(pipe, PROMPTS[:2], guidance_rescale=0.0, **kwargs)
+        with pytest.raises(ValueError, match="guidance_rescale"):
+            latent.generate(pipe, PROMPTS[:2], guidance_rescale=1.5, **kwargs)
+    finally:
+        pipe.scheduler = original
+    torch.testing.assert_close(default.latents, asked.latents)
+    assert (default.latents - unrescaled.latents).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("zero_terminal_snr", [False, True], ids=["sd-epsilon", "zero-snr-v"])
 def test_trajectory_follows_the_ddim_update(pipe, zero_terminal_snr):
     """x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps with eps implied by x_t and x0 (DDIM, eta = 0),

@@ -286,11 +286,13 @@ def test_callback_guidance_equals_classifier_guided_ddim_loop(pipe, net32):
 
 def test_guidance_on_a_zero_snr_v_prediction_schedule_equals_a_hand_written_ddim_loop(pipe, net32):
     """The mini model's schedule (v-prediction, ᾱ_T = 0, trailing spacing): the callback's result
-    equals a DDIM loop written here from the formulas (v -> ε and x̂0, ε̃ = ε - ρ sqrt(1 - ᾱ_t) ∇R,
-    x̂0 re-implied by ε̃), with the first, pure-noise step unguided."""
+    equals a DDIM loop written here from the formulas (guidance rescaled as in Lin et al. 2024 eqs.
+    15-16, v -> ε and x̂0, ε̃ = ε - ρ sqrt(1 - ᾱ_t) ∇R, x̂0 re-implied by ε̃), with the first,
+    pure-noise step unguided."""
     from geomlib.mini.build import scheduler as mini_scheduler
 
     prompts, rho, scale, steps = _prompts(), 3.0, 7.5, 4
+    phi = latent.ZERO_SNR_GUIDANCE_RESCALE  # the default on this schedule
     original = pipe.scheduler
     pipe.scheduler = mini_scheduler(zero_terminal_snr=True)
     try:
@@ -310,6 +312,10 @@ def test_guidance_on_a_zero_snr_v_prediction_schedule_equals_a_hand_written_ddim
                 both = pipe.unet(torch.cat([x, x]).float(), t, encoder_hidden_states=embeddings).sample
                 v_u, v_c = both.chunk(2)
                 v = (v_u + scale * (v_c - v_u)).double()
+                matched = (
+                    v * v_c.double().std(dim=(1, 2, 3), keepdim=True) / v.std(dim=(1, 2, 3), keepdim=True)
+                )
+                v = phi * matched + (1 - phi) * v
                 a, previous = alphas[t], t - 1000 // steps
                 a_prev = alphas[previous] if previous >= 0 else alphas[0]
                 epsilon, x0 = a.sqrt() * v + (1 - a).sqrt() * x, a.sqrt() * x - (1 - a).sqrt() * v

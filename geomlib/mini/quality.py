@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from geomlib.latent import SDPipeline, decode_latents, encode_images, generate
+from geomlib.latent import SDPipeline, decode_latents, default_guidance_rescale, encode_images, generate
 from geomlib.mini.world import ATTRIBUTES, COLOURS, World, caption
 from geomlib.seeding import seeded_global_rng
 
@@ -295,6 +295,7 @@ def evaluate(
         "classifier_accuracy_on_renders": accuracy(classifier, held_out, labels),
         "classifier_accuracy_on_reconstructions": accuracy(classifier, reconstructed, labels),
         "chance": {name: 1 / len(values_) for name, values_ in ATTRIBUTES.items()},
+        "guidance_rescale": default_guidance_rescale(pipe),
         "prompt_accuracy": following,
         "memorisation": memorisation(pipe, world, train_images, novel_images, budget, seed),
         "budget": budget.__dict__ | {"guidance_scales": list(budget.guidance_scales)},
