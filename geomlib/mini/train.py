@@ -55,7 +55,7 @@ class TrainConfig:
     vae_batch: int = 64
     vae_lr: float = 1e-3
     kl_weight: float = 1e-5
-    unet_steps: int = 3600
+    unet_steps: int = 6000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1
