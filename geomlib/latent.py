@@ -421,7 +421,7 @@ ZERO_SNR_GUIDANCE_RESCALE = 0.7
 def default_guidance_rescale(pipe: SDPipeline) -> float:
     """The guidance rescale for ``pipe``'s scheduler: :data:`ZERO_SNR_GUIDANCE_RESCALE` on a
     zero-terminal-SNR schedule (``rescale_betas_zero_snr``, the mini model), else 0 (SD 1.4)."""
-    zero_snr = bool(getattr(pipe.scheduler.config, "rescale_betas_zero_snr", False))
+    zero_snr = bool(pipe.scheduler.config.get("rescale_betas_zero_snr", False))
     return ZERO_SNR_GUIDANCE_RESCALE if zero_snr else 0.0
 
 
@@ -473,12 +473,15 @@ def generate(
     if len(noise) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(noise)} initial latents")
     batch_size = batch_size or len(prompts)
-    guidance = dict(
-        guidance_scale=guidance_scale, guidance_rescale=resolve_guidance_rescale(pipe, guidance_rescale)
-    )
+    rescale = resolve_guidance_rescale(pipe, guidance_rescale)
     parts = [
         _generate_batch(
-            pipe, prompts[s : s + batch_size], noise[s : s + batch_size], guidance, num_inference_steps
+            pipe,
+            prompts[s : s + batch_size],
+            noise[s : s + batch_size],
+            guidance_scale,
+            rescale,
+            num_inference_steps,
         )
         for s in range(0, len(prompts), batch_size)
     ]
@@ -491,14 +494,15 @@ def generate(
     )
 
 
-def _generate_batch(pipe, prompts, noise, guidance: dict, steps) -> Generation:
+def _generate_batch(pipe, prompts, noise, guidance_scale, guidance_rescale, steps) -> Generation:
     recorder = _TrajectoryRecorder(pipe)
     pipe.scheduler.step = recorder.step  # instance attribute: shadows the method during this call
     try:
         out = pipe(
             prompts,
             num_inference_steps=steps,
-            **guidance,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
             latents=noise.to(pipe.unet.device, pipe.unet.dtype),
             output_type="latent",
             callback_on_step_end=recorder.callback,
