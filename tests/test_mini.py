@@ -5,6 +5,7 @@ Truth: the world's palette and geometry, combinatorics of the grammar, the publi
 counts of SD 1.4, an uninterrupted training run, and the world's own labels for generated images.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -29,6 +30,25 @@ def test_world_is_deterministic_under_its_seed():
     assert scenes == scenes_again and first.memorised_captions == second.memorised_captions
     assert first.memorised_captions != other.memorised_captions
     assert first.novel_attributes != other.novel_attributes
+
+
+def test_shapes_turn_within_the_worlds_rotation_limit_and_old_worlds_keep_any_angle(tmp_path):
+    upright = World(seed=0)
+    angles = np.degrees([scene.angle for scene in upright.sample_scenes(500, np.random.default_rng(0))])
+    assert upright.max_rotation == 15 and np.abs(angles).max() <= 15 and np.abs(angles).max() > 14
+    tilted = World(seed=0, max_rotation=40)
+    angles = np.degrees([scene.angle for scene in tilted.sample_scenes(500, np.random.default_rng(0))])
+    assert 39 < np.abs(angles).max() <= 40
+    with pytest.raises(ValueError, match="max_rotation"):
+        World(max_rotation=181)
+    # a world.json from before the limit: load_world rebuilds the any-angle world exactly
+    described = World(seed=0, max_rotation=180).description()
+    described.pop("max_rotation")
+    (tmp_path / "world.json").write_text(json.dumps(described))
+    loaded = load_world(tmp_path)
+    angles = np.array([scene.angle for scene in loaded.memorised])
+    assert loaded.max_rotation == 180 and angles.min() >= 0 and angles.max() > np.pi
+    assert loaded.memorised == World(seed=0, max_rotation=180).memorised != World(seed=0).memorised
 
 
 def test_novel_combinations_never_reach_training():
@@ -149,6 +169,31 @@ def test_vae_training_resumes_exactly_where_it_stopped(tmp_path):
     )
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_classifier_phase_adds_the_vae_reconstructions_of_the_first_renders(tmp_path, monkeypatch):
+    world = World(seed=0, image_size=16, n_memorised=2)
+    renders, scenes = world.dataset(12, seed=0)
+    images = quality.to_tensor(renders) * 2 - 1
+    pipe = build_pipeline(world.vocabulary, "tiny", seed=0)
+    pipe.vae.register_to_config(scaling_factor=0.7)
+    latents = train.encode_dataset(pipe.vae, images)
+    seen = {}
+
+    def record(images, labels, **options):
+        seen.update(images=images, labels=labels)
+        return quality.AttributeClassifier()
+
+    monkeypatch.setattr(quality, "train_classifier", record)
+    config = train.TrainConfig(classifier_reconstructions=5)
+    train._classifier_phase(pipe, images, latents, scenes, 10, config, tmp_path, _log(tmp_path), False)
+    labels = quality.attribute_labels(scenes)
+    assert seen["images"].shape == (15, 3, 16, 16)
+    torch.testing.assert_close(seen["images"][:10], quality.to_tensor(renders[:10]))
+    # the independent path: encode the same renders again and decode
+    expected = quality.vae_reconstructions(pipe, quality.to_tensor(renders[:5]))
+    torch.testing.assert_close(seen["images"][10:], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(seen["labels"], torch.cat([labels[:10], labels[:5]]))
 
 
 def _log(folder: Path) -> train.Log:

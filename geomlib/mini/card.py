@@ -56,6 +56,17 @@ def _distance_table(memorisation: dict) -> list[str]:
     return lines
 
 
+def _reconstructions_clause(config: dict) -> str:
+    count = min(config.get("classifier_reconstructions", 0), config["train_size"])  # older records: none
+    return f"\nand the VAE's reconstructions of {count} of them" if count else ""
+
+
+def _rotation_phrase(world: World) -> str:
+    if world.max_rotation >= 180:
+        return "random\nrotation"
+    return f"a rotation within\n±{world.max_rotation:g}° of upright"
+
+
 def _data_section(world: World, config: dict) -> str:
     repetitions = int(
         config["unet_steps"]
@@ -63,11 +74,12 @@ def _data_section(world: World, config: dict) -> str:
         * config["memorised_fraction"]
         / max(len(world.memorised), 1)
     )
+    nuisances = f"{_rotation_phrase(world)}, jitter, texture period and phase, and colour jitter."
+    nuisances += " Captions from a grammar, e.g."
     return f"""## Data
 `geomlib.mini.world.World(seed={world.seed})`: {world.image_size}x{world.image_size} RGB images of
 {len(ATTRIBUTES["shape"])} shapes in {len(ATTRIBUTES["colour"])} colours on {len(ATTRIBUTES["background"])}
-background colours x {len(ATTRIBUTES["texture"])} textures, 2 sizes, 5 positions, with random
-rotation, jitter, texture period and phase, and colour jitter. Captions from a grammar, e.g.
+background colours x {len(ATTRIBUTES["texture"])} textures, 2 sizes, 5 positions, with {nuisances}
 "a large red star on the left on a striped blue background" (optional words dropped with p = 0.2).
 {len(world.training_attributes)} attribute combinations are used for training ({config["train_size"]}
 renders); {len(world.novel_attributes)} combinations (10 %) are **novel**: never rendered for training,
@@ -146,6 +158,7 @@ the commit that adds these weights.{resumed}
 
 def _quality_section(results: dict, config: dict, world: World) -> str:
     psnr, memo = results["vae_psnr_db"], results["memorisation"]
+    trained_on = "the procedural renders" + _reconstructions_clause(config)
     return f"""## Quality gates (measured by `geomlib.mini.quality.evaluate`, raw numbers in `quality.json`)
 Re-measure a shipped model without training: `python -m geomlib.mini.train --out <folder> --evaluate-only`.
 
@@ -154,7 +167,7 @@ mean {psnr["mean"]:.2f} dB (median {psnr["median"]:.2f}, 10th percentile {psnr["
 
 **Prompt following and guidance.** {results["budget"]["n_novel"]} novel captions,
 {results["budget"]["steps"]} DDIM steps, one seed each{_rescale_clause(results)}; accuracy of an
-attribute classifier trained on the procedural renders (`quality.AttributeClassifier`: colour,
+attribute classifier trained on {trained_on} (`quality.AttributeClassifier`: colour,
 background and texture from the image; shape, size and position from the mask of the caption's
 colour):
 
