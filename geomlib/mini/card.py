@@ -64,7 +64,7 @@ def _reconstructions_clause(config: dict) -> str:
 def _rotation_phrase(world: World) -> str:
     if world.max_rotation >= 180:
         return "random\nrotation"
-    return f"a rotation within\n±{world.max_rotation:g}° of upright"
+    return f"a rotation within\n±{world.max_rotation:g}° of a reference pose"
 
 
 def _data_section(world: World, config: dict) -> str:

@@ -139,8 +139,9 @@ class World:
         fraction of attribute combinations never used for training (the novel prompts).
     max_rotation
         shapes (and stripes) are turned by a uniform angle within +-``max_rotation`` degrees of
-        upright; 180 means any angle. Small by default: a model on a laptop budget learns upright
-        shapes, while any rotation left it drawing blobs for novel prompts (mini-sd v3).
+        their reference pose (triangle, square and star with a corner pointing right, the cross a
+        plus sign, stripes vertical); 180 means any angle. Small by default: fewer poses to learn
+        for a model trained on a laptop budget.
     """
 
     def __init__(
@@ -283,7 +284,7 @@ def _texture_mask(scene: Scene, size: int) -> np.ndarray:
     period = scene.period
     if texture == "plain":
         return np.zeros((size, size), dtype=bool)
-    if texture == "striped":  # stripes across the shape's angle (upright: vertical)
+    if texture == "striped":  # stripes turned with the shape (vertical at angle 0)
         direction = xs * np.cos(scene.angle) + ys * np.sin(scene.angle)
         return ((direction / period + scene.phase) % 1.0) < 0.5
     if texture == "checkered":
