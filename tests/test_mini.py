@@ -302,3 +302,37 @@ def test_shipped_model_card_is_exactly_what_the_script_writes(tmp_path):
     for name in ("training.json", "quality.json", "world.json"):
         shutil.copy(MODEL / name, tmp_path / name)
     assert rerender(tmp_path).read_text() == (MODEL / "MODEL_CARD.md").read_text()
+
+
+@shipped
+def test_model_card_names_the_software_that_trained_the_model_not_the_one_rendering_it(tmp_path, monkeypatch):
+    """The card renders the versions recorded in training.json; upgrading a package later (here,
+    in-process) must not change it."""
+    import shutil
+
+    import diffusers
+    import transformers
+
+    from geomlib.mini.card import rerender
+
+    for name in ("training.json", "quality.json", "world.json"):
+        shutil.copy(MODEL / name, tmp_path / name)
+    before = rerender(tmp_path).read_text()
+    monkeypatch.setattr(transformers, "__version__", "99.0.0")
+    monkeypatch.setattr(diffusers, "__version__", "98.0.0")
+    monkeypatch.setattr(torch, "__version__", "97.0.0")
+    after = rerender(tmp_path).read_text()
+    assert after == before and "99.0.0" not in after and "transformers 5.23.0" in after
+
+
+def test_training_records_its_software_and_the_card_renders_the_record():
+    from geomlib.mini.card import _software_clause
+
+    record = train.software_record()
+    assert record["torch"] == torch.__version__ and record["numpy"] == np.__version__
+    assert set(record) == {"python", "platform", "torch", "diffusers", "transformers", "numpy"}
+    clause = _software_clause({"software": record})
+    assert f"torch {torch.__version__}" in clause and record["platform"] in clause
+    assert "not recorded" not in clause
+    assert "not recorded" in _software_clause({"software": {"torch": "2.0"}})
+    assert _software_clause({}) == "The training run recorded no software versions"

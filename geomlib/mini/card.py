@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import diffusers
 import numpy as np
-import torch
-import transformers
 
 from geomlib.mini.build import MAX_TOKENS, TEXT_CONFIGS, UNET_CONFIGS, VAE_CONFIGS
 from geomlib.mini.world import ATTRIBUTES, World, load_world
@@ -144,8 +141,8 @@ def _training_section(info: dict) -> str:
 | attribute classifier (for the gates) | {config["classifier_steps"]} | 128 | 2e-3 | |
 
 AdamW, 50 warm-up steps then cosine decay to 10 %; the shipped UNet and text encoder are the EMA
-weights. Device `{info["device"]}`, {info["threads"]} torch thread(s); torch {torch.__version__},
-diffusers {diffusers.__version__}, transformers {transformers.__version__}. Wall time: VAE and
+weights. Device `{info["device"]}`, {info["threads"]} torch thread(s).
+{_software_clause(info)}. Wall time: VAE and
 latents {minutes["vae_and_latents_s"]}, denoiser {minutes["denoiser_s"]}, everything up to
 shipping {minutes["training_total_s"]}, quality gates {minutes["evaluation_s"]}
 (on a CPU shared with other jobs). The full log is `train_log.txt`.
@@ -154,6 +151,28 @@ Command: `{info["command"]}`
 Commit at training time (`git rev-parse HEAD`): `{info["commit"]}`. The training code is the one in
 the commit that adds these weights.{resumed}
 """
+
+
+#: The packages ``training.json`` records, in the order the card names them.
+RECORDED_SOFTWARE = ("torch", "diffusers", "transformers", "numpy")
+
+
+def _software_clause(info: dict) -> str:
+    """What the training run recorded of its software (``train.software_record``), and what it did
+    not: a card rendered later must not name the versions of the machine that renders it."""
+    software = info.get("software", {})
+    named = [f"{name} {software[name]}" for name in RECORDED_SOFTWARE if name in software]
+    if "python" in software:
+        named.append(f"Python {software['python']}")
+    if not named:
+        return "The training run recorded no software versions"
+    clause = "Software recorded by the training run: " + ", ".join(named)
+    if "platform" in software:
+        clause += f" on {software['platform']}"
+    missing = [n for n in (*RECORDED_SOFTWARE, "python", "platform") if n not in software]
+    if missing:
+        clause += f"\n(not recorded for this model: {', '.join(missing)})"
+    return clause
 
 
 def _quality_section(results: dict, config: dict, world: World) -> str:

@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import math
+import platform
 import shutil
 import subprocess
 import sys
@@ -320,6 +321,22 @@ def _classifier_phase(pipe, images, latents, scenes, n_train, config, work, log,
     return classifier
 
 
+def software_record() -> dict[str, str]:
+    """The versions and platform this process runs on, recorded in ``training.json`` so that the
+    model card states what trained the model (not what renders the card)."""
+    import diffusers
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+    }
+
+
 def _git_commit() -> str:
     try:
         commit = subprocess.run(
@@ -407,8 +424,9 @@ def main(argv: list[str] | None = None) -> dict:
         _config(args),
     )
     command = "python -m geomlib.mini.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    commit = _git_commit()
+    commit, software = _git_commit(), software_record()
     log(f"start: {command} | device {device} | threads {torch.get_num_threads()} | commit {commit}")
+    log("software: " + ", ".join(f"{name} {version}" for name, version in software.items()))
     world = World(seed=config.seed)
     scenes, images, n_train = _prepare_data(world, config, log)
     pipe = build_pipeline(world.vocabulary, "mini", seed=config.seed)
@@ -433,6 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     timings["evaluation_s"] = time.time() - started - timings["training_total_s"]
     info: dict[str, Any] = dict(config=asdict(config), command=command, commit=commit, device=str(device))
+    info |= dict(software=software)
     info |= dict(threads=torch.get_num_threads(), counts=parameter_counts(loaded), timings=timings)
     info |= dict(scheduler=dict(loaded.scheduler.config))
     info |= dict(
