@@ -6,6 +6,7 @@ and local complexity (δ).
 """
 
 from geomlib.descriptors import (
+    BATCH_TOLERANCE,
     NONLINEARITIES,
     Descriptors,
     cross_polytope_directions,
@@ -30,6 +31,7 @@ from geomlib.profiles import PROFILES, check_profile, default_device, select_bud
 __version__ = "0.1.0"
 
 __all__ = [
+    "BATCH_TOLERANCE",
     "Descriptors",
     "NONLINEARITIES",
     "PROFILES",

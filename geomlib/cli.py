@@ -289,7 +289,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=8,
-        help="items per batch and per part file; a kill loses at most one batch. Default: 8",
+        help="items per part file; a kill loses at most one part. Rows do not depend on it (each item"
+        " is encoded or generated, then described, in calls of its own). Default: 8",
     )
     group.add_argument(
         "--chunk-size",
@@ -630,8 +631,8 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype) -> Pipeline:
 
 def describe_latents(job: Job, latents: torch.Tensor, settings: Settings) -> Descriptors:
     """ψ, ν (and δ) of the job's decoder at ``latents: (N, 4, h, w)`` with ``settings``, through
-    :func:`geomlib.latent.decoder_descriptors` (``job.batch_size`` latents per call); ``(N,)``
-    fields on the CPU."""
+    :func:`geomlib.latent.decoder_descriptors` (one latent per call, so a row does not depend on
+    ``--batch-size``, sharding or resuming); ``(N,)`` fields on the CPU."""
     from geomlib.latent import decoder_descriptors
 
     return decoder_descriptors(
@@ -642,7 +643,6 @@ def describe_latents(job: Job, latents: torch.Tensor, settings: Settings) -> Des
         seed=settings.seed,
         radius=settings.radius,
         n_dirs=settings.n_dirs,
-        batch_size=job.batch_size,
         chunk_size=job.chunk_size,
         progress=False,
     )
@@ -691,7 +691,7 @@ def image_rows(batch: list[ImageItem], job: Job) -> list[Row]:
             print(f"skipping: {error}", file=sys.stderr)
     if not kept:
         return []
-    latents = encode_images(job.pipe, torch.stack(pixels), batch_size=job.batch_size)
+    latents = encode_images(job.pipe, torch.stack(pixels), batch_size=1)  # one image per call, as above
     d = describe_latents(job, latents, job.settings)
     fixed = _setting_columns(job.settings)
     return [
@@ -732,6 +732,7 @@ def prompt_rows(batch: list[PromptItem], job: Job) -> list[Row]:
         latents=noise,
         guidance_scale=s.guidance_scale,
         num_inference_steps=s.steps,
+        batch_size=1,  # one prompt per sampler call: a trajectory must not depend on its batch
     )
     stack, steps, timesteps = _trajectory(generation, s.trajectory)
     vae = job.pipe.vae

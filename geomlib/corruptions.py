@@ -340,7 +340,8 @@ class DescriptorSettings:
     k : rows of the fixed projection ``W`` (``method="projected"``, the paper's sketch).
     n_dirs, radius : the cross-polytope of δ (``radius=None``: no δ).
     seed : seed of ``W`` and of the cross-polytope, the same for every latent of a run.
-    batch_size : latents per :func:`~geomlib.describe` call.
+    batch_size : latents described between two saves of a cache (values do not depend on it: each
+        latent is described in a call of its own).
     chunk_size : products per vectorised pass (bounds memory on large decoders).
     """
 
@@ -372,7 +373,6 @@ def describe_latents(pipe, latents, settings: DescriptorSettings) -> dict[str, l
         seed=settings.seed,
         radius=settings.radius,
         n_dirs=settings.n_dirs,
-        batch_size=settings.batch_size,
         chunk_size=settings.chunk_size,
         progress=False,
     )
@@ -466,9 +466,8 @@ def _describe_chunk(
         )
     corrupted = corrupt_images(chunk, name, severity, seed=seed, first_index=start, work_size=work_size)
     pixels = torch.from_numpy(corrupted.astype(np.float32) / 255).permute(0, 3, 1, 2)
-    return describe_latents(
-        pipe, encode_images(pipe, pixels, batch_size=max(settings.batch_size, 8)), settings
-    )
+    # one image per encoder call: a latent must not depend on its neighbours (see decoder_descriptors)
+    return describe_latents(pipe, encode_images(pipe, pixels, batch_size=1), settings)
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:

@@ -75,7 +75,6 @@ SLICE_BUDGETS: dict[str, dict] = {
         radius=0.5,
         steps=5,
         mosaic=3,
-        batch_size=9,
         chunk_size=None,
         widget_resolution=3,
     ),
@@ -87,7 +86,6 @@ SLICE_BUDGETS: dict[str, dict] = {
         radius=0.5,
         steps=25,
         mosaic=7,
-        batch_size=14,
         chunk_size=None,
         widget_resolution=6,
     ),
@@ -99,7 +97,6 @@ SLICE_BUDGETS: dict[str, dict] = {
         radius=0.5,
         steps=50,
         mosaic=6,
-        batch_size=1,
         chunk_size=8,
         widget_resolution=4,
     ),
@@ -330,7 +327,8 @@ def encode_images(pipe: SDPipeline, images: torch.Tensor, batch_size: int = 64) 
     vae = pipe.vae
     parts = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size].to(vae.device, vae.dtype) * 2 - 1
+        # contiguous: a channels-last view (e.g. from numpy HWC arrays) takes other conv kernels
+        chunk = images[start : start + batch_size].to(vae.device, vae.dtype).contiguous() * 2 - 1
         parts.append(vae.encode(chunk).latent_dist.mean * vae.config.scaling_factor)
     return torch.cat(parts)
 
@@ -622,11 +620,18 @@ def decoder_descriptors(
     seed: int = 0,
     radius: float | None = 0.5,
     n_dirs: int | None = 16,
-    batch_size: int = 16,
     chunk_size: int | None = None,
     progress: bool = True,
 ) -> Descriptors:
-    """ψ, ν (and δ) of the decoder at many latents, in batches, through :func:`geomlib.describe`.
+    """ψ, ν (and δ) of the decoder at many latents, one latent per :func:`geomlib.describe` call.
+
+    Each latent's products and vertex passes run in calls of their own, whose shapes do not depend
+    on the other latents: its values are bit-identical whether it is described alone or among
+    others, in any order, batch or resumed run (at a fixed device, dtype and settings). Batching
+    latents together would let CPU kernels sum in another order for another batch shape, which
+    moves ψ in the 7th digit and flips δ by a neuron whose pre-activation is within rounding of 0.
+    On 2 CPU cores this is also no slower than batches of 8 or 16 (the per-latent passes already
+    fill the cores).
 
     Parameters
     ----------
@@ -637,8 +642,8 @@ def decoder_descriptors(
         setting), or ``"randomized"`` (top-``k`` by randomized SVD), or ``"exact"``.
     radius, n_dirs
         the cross-polytope of δ, in latent units (``None``: no δ), counted on the decoder's SiLUs.
-    batch_size
-        latents per call; ``chunk_size`` bounds the products per vectorised pass.
+    chunk_size
+        at most this many products per vectorised pass (bounds memory on large decoders).
 
     Returns
     -------
@@ -648,8 +653,8 @@ def decoder_descriptors(
     device, dtype = pipe.vae.device, pipe.vae.dtype
     k_used = min(k, int(np.prod(latents.shape[1:]))) if method == "randomized" and k else k
     parts = []
-    for start in tqdm(range(0, len(latents), batch_size), desc="descriptors", disable=not progress):
-        z = latents[start : start + batch_size].to(device, dtype).contiguous()  # encodings are strided
+    for index in tqdm(range(len(latents)), desc="descriptors", disable=not progress):
+        z = latents[index : index + 1].to(device, dtype).contiguous()  # encodings are strided
         parts.append(
             describe(
                 decoder,
@@ -662,17 +667,12 @@ def decoder_descriptors(
                 n_dirs=n_dirs if radius is not None else None,
             )
         )
-    return _concatenate(parts)
-
-
-def _concatenate(parts: list[Descriptors]) -> Descriptors:
-    """One :class:`~geomlib.Descriptors` on the CPU from per-batch ones (ψ, ν and σ as float32)."""
-    deltas = [p.local_complexity for p in parts if p.local_complexity is not None]
-    return Descriptors(
-        local_scaling=torch.cat([p.local_scaling for p in parts]).float().cpu(),
-        local_rank=torch.cat([p.local_rank for p in parts]).float().cpu(),
-        singular_values=torch.cat([p.singular_values for p in parts]).float().cpu(),
-        local_complexity=torch.cat(deltas).cpu() if deltas else None,
+    every = Descriptors.concatenate(parts)
+    return Descriptors(  # on the CPU, ψ, ν and σ as float32 (also for half-precision decoders)
+        local_scaling=every.local_scaling.float().cpu(),
+        local_rank=every.local_rank.float().cpu(),
+        singular_values=every.singular_values.float().cpu(),
+        local_complexity=None if every.local_complexity is None else every.local_complexity.cpu(),
     )
 
 
@@ -728,7 +728,7 @@ def latent_slice(
     """ψ, ν, δ of the decoder on the plane through ``anchors: (3, 4, h, w)``.
 
     ``descriptor_options`` go to :func:`decoder_descriptors` (``method``, ``k``, ``n_dirs``,
-    ``batch_size``, ``seed``, ...); ``radius`` is δ's cross-polytope radius in latent units.
+    ``seed``, ...); ``radius`` is δ's cross-polytope radius in latent units.
     """
     plane = latent_plane(anchors.float().cpu(), resolution, padding)
     values = decoder_descriptors(pipe, plane.grid_latents(), radius=radius, **descriptor_options)

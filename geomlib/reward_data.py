@@ -40,7 +40,8 @@ MANIFEST = "manifest.json"
 @dataclass(frozen=True)
 class PsiSettings:
     """How ψ is computed: :func:`geomlib.latent.decoder_descriptors` with the sketch ``method``/``k``
-    and the fixed ``W`` of ``seed``; ``batch_size`` latents per call, ``chunk_size`` products per pass."""
+    and the fixed ``W`` of ``seed``; ``chunk_size`` products per pass; ``batch_size`` images per part
+    file when ψ comes from ``python -m geomlib describe`` (a checkpoint: values do not depend on it)."""
 
     method: str = "projected"
     k: int = 120
@@ -62,7 +63,6 @@ def decoder_psi(pipe: SDPipeline, latents: torch.Tensor, settings: PsiSettings) 
         k=settings.k,
         seed=settings.seed,
         radius=None,
-        batch_size=settings.batch_size,
         chunk_size=settings.chunk_size,
         progress=False,
     )
@@ -261,7 +261,7 @@ def _compute_shard(
     psi_lookup: PsiLookup | None,
 ) -> dict:
     images, ids = source(start, stop)
-    clean = encode_images(pipe, images, batch_size=psi.batch_size).float().cpu()
+    clean = encode_images(pipe, images, batch_size=1).float().cpu()  # a latent must not depend on its batch
     values = psi_lookup(ids) if psi_lookup is not None else decoder_psi(pipe, clean, psi)
     steps, noise = item_noise(
         range(start, stop), clean.shape[1:], len(pipe.scheduler.alphas_cumprod), noise_seed

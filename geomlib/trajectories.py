@@ -221,7 +221,12 @@ def _generate_missing(pipe, store: TrajectoryStore, prompts, seeds, scale: float
         part = pending[start : start + batch_size]
         noise = torch.cat([initial_latents(pipe, 1, seed=s) for _, s in part])
         out = generate(
-            pipe, [p for p, _ in part], guidance_scale=scale, num_inference_steps=store.steps, latents=noise
+            pipe,
+            [p for p, _ in part],
+            guidance_scale=scale,
+            num_inference_steps=store.steps,
+            latents=noise,
+            batch_size=1,  # one prompt per sampler call: a cached trajectory must not depend on its batch
         )
         for i, (prompt, seed) in enumerate(part):
             tensors = {

@@ -36,6 +36,20 @@ def linear_map():
     return _linear_map
 
 
+def _describe_each(f, z, **options):
+    """``geomlib.describe`` one sample per call: the truth for code that describes latents one by
+    one (their δ is then the same computation; batched calls move it, see BATCH_TOLERANCE)."""
+    from geomlib import Descriptors, describe
+
+    return Descriptors.concatenate([describe(f, z[i : i + 1], **options) for i in range(len(z))])
+
+
+@pytest.fixture
+def describe_each():
+    """``describe_each(f, z, **options)``: :func:`geomlib.describe` of each sample alone."""
+    return _describe_each
+
+
 @pytest.fixture(scope="module")
 def tiny_pipe():
     """The untrained tiny SD-architecture pipeline, on one CPU thread (a tiny model: threads only

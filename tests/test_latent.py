@@ -199,7 +199,7 @@ def test_decoder_spectrum_matches_finite_differences(pipe):
 
 
 def test_complexity_counts_only_the_decoders_silu_calls(pipe):
-    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))  # one latent: one call shape
     by_layer = geomlib.local_complexity_by_layer(latent.latent_decoder(pipe), z, radius=0.5, n_dirs=4)
     assert by_layer and all(name.startswith("vae.decoder.") for name in by_layer)
     assert any(name.endswith("#1") for name in by_layer)  # one SiLU module, called twice per block
@@ -218,3 +218,45 @@ def test_encode_images_gives_posterior_means_in_diffusion_units(pipe):
     assert not torch.allclose(z, posterior.mean)
     with pytest.raises(ValueError, match="shape"):
         latent.encode_images(pipe, torch.rand(2, 16, 16, 3))
+
+
+mini_model = pytest.mark.skipif(
+    not (latent.MINI_MODEL / "model_index.json").exists(), reason="data/mini-sd not trained yet"
+)
+
+
+@pytest.fixture(scope="module")
+def mini_batch():
+    """The shipped decoder and 8 latents: a decoder big enough that batching moves its values."""
+    from geomlib.profiles import torch_threads
+
+    with torch_threads(2):
+        pipe = latent.load_pipeline(latent.MINI_MODEL, device="cpu")
+        yield pipe, latent.initial_latents(pipe, 8, seed=5)
+
+
+SETTINGS = dict(k=16, n_dirs=8, radius=0.5, progress=False)
+
+
+@mini_model
+def test_decoder_descriptors_of_a_latent_do_not_depend_on_its_batch(mini_batch):
+    """One latent alone, the same latent among 8, and the 8 in another order: bit-identical
+    (each latent is described in a call of its own, so this is the same computation)."""
+    pipe, z = mini_batch
+    together = latent.decoder_descriptors(pipe, z, **SETTINGS)
+    alone = latent.decoder_descriptors(pipe, z[3:4], **SETTINGS)
+    reversed_order = latent.decoder_descriptors(pipe, z.flip(0), **SETTINGS)
+    for name in ("local_scaling", "local_rank", "local_complexity", "singular_values"):
+        assert torch.equal(getattr(alone, name)[0], getattr(together, name)[3]), name
+        assert torch.equal(getattr(reversed_order, name).flip(0), getattr(together, name)), name
+
+
+@mini_model
+def test_batched_describe_stays_within_its_stated_tolerance(mini_batch):
+    """describe on the batch of 8 against one latent per call: within BATCH_TOLERANCE."""
+    pipe, z = mini_batch
+    batched = geomlib.describe(latent.latent_decoder(pipe), z, method="projected", k=16, radius=0.5, n_dirs=8)
+    single = latent.decoder_descriptors(pipe, z, **SETTINGS)
+    for name, tolerance in geomlib.BATCH_TOLERANCE.items():
+        got, want = getattr(batched, name).double(), getattr(single, name).double()
+        assert ((got - want).abs() <= tolerance * want.abs()).all(), name

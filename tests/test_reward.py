@@ -132,7 +132,7 @@ def test_data_psi_is_the_decoder_psi_at_the_clean_latent(pipe, tmp_path):
     psi = reward.PsiSettings(k=4)
     data = reward.prepare_reward_data(pipe, source, tmp_path, 3, psi=psi, shard_size=3, progress=False)
     images, _ = source(0, 3)
-    clean = latent.encode_images(pipe, images).float()
+    clean = latent.encode_images(pipe, images, batch_size=1).float()  # one image per call, as the data
     torch.testing.assert_close(data.clean, clean)
     torch.testing.assert_close(data.psi, reward.decoder_psi(pipe, clean, psi))
     steps, noise = reward.item_noise(range(3), clean.shape[1:], 1000, seed=0)
@@ -399,7 +399,8 @@ def test_folder_images_with_describe_cli_give_the_decoder_psi(pipe, tmp_path):
         pipe, source, tmp_path / "data", 3, psi=psi, shard_size=2, psi_lookup=lookup, progress=False
     )
     assert data.ids == ["img0.png", "img1.png", "img2.png"]
-    clean = latent.encode_images(pipe, torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255).float()
+    pixels_tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    clean = latent.encode_images(pipe, pixels_tensor, batch_size=1).float()  # one image per call, as the data
     torch.testing.assert_close(data.clean, clean)
     torch.testing.assert_close(data.psi, reward.decoder_psi(pipe, clean, psi), rtol=1e-4, atol=1e-4)
 
