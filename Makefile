@@ -93,7 +93,7 @@ test: install lint browser
 	$(PY) -m pytest
 
 book: install
-	$(PY) -m geomlib.runner --profile $(PROFILE) $(if $(DEVICE),--device $(DEVICE)) $(if $(MODEL),--model $(MODEL)) $(foreach p,$(PARAMS),-p $(p))
+	$(PY) -m geomlib.book.runner --profile $(PROFILE) $(if $(DEVICE),--device $(DEVICE)) $(if $(MODEL),--model $(MODEL)) $(foreach p,$(PARAMS),-p $(p))
 
 bench: install
 	$(PY) benchmarks/bench_jacobian.py

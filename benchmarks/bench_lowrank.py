@@ -27,7 +27,9 @@ import torch
 from timing import timed  # benchmarks/timing.py, shared by the benchmark scripts
 
 import geomlib
-from geomlib import lowrank as lr
+from geomlib.chapters import low_rank as lr
+from geomlib.core.diffusion import linear_alpha_bar, timestep_at
+from geomlib.sd import pipelines, sampling
 
 RESULTS = Path(__file__).parent / "results" / "lowrank.json"
 LOCO_EDIT_SECONDS = 79.0  # per image on an NVIDIA A40, Stable Diffusion (LOCO Edit, Chen et al. 2024)
@@ -36,18 +38,16 @@ EDIT_FRACTION = 0.7
 
 def mini_model_pmp(device: torch.device) -> tuple[str, Callable, torch.Tensor]:
     """The mini model's conditional PMP at t = 0.7 T and a latent reached by DDIM from noise."""
-    from geomlib import latent
-
-    pipe = latent.load_pipeline(latent.MINI_MODEL, device=device)
+    pipe = pipelines.load_pipeline(pipelines.MINI_MODEL, device=device)
     cond, _ = lr.prompt_embeddings(pipe, "a large red star on the left on a striped blue background")
     alpha_bar = pipe.scheduler.alphas_cumprod.double()
     posterior_mean = lr.unet_posterior_mean(
         pipe.unet, alpha_bar, cond, prediction_type=pipe.scheduler.config.prediction_type
     )
     before, after = lr.split_timesteps(
-        lr.ddim_timesteps(len(alpha_bar) - 1, 20), lr.timestep_at(EDIT_FRACTION, len(alpha_bar))
+        lr.ddim_timesteps(len(alpha_bar) - 1, 20), timestep_at(EDIT_FRACTION, len(alpha_bar))
     )
-    x_T = latent.initial_latents(pipe, 1, 0).to(device)
+    x_T = sampling.initial_latents(pipe, 1, 0).to(device)
     x_t = lr.ddim_sample(posterior_mean, alpha_bar, x_T, before, denoise_last=False)
     return "mini text-to-image UNet, latent 4x8x8", lr.denoiser_pmp(posterior_mean, after[0]), x_t
 
@@ -56,10 +56,10 @@ def molrg_pmp(device: torch.device, quick: bool) -> tuple[str, Callable, torch.T
     """Fallback: an MLP denoiser trained on a MoLRG in R^32, at t = 0.7 T."""
     generator = torch.Generator().manual_seed(0)
     mixture = lr.make_molrg(32, (3, 3), generator=generator)
-    alpha_bar = lr.ddpm_alpha_bar()
+    alpha_bar = linear_alpha_bar()
     train, _ = mixture.sample(1024, generator)
     denoiser = lr.train_denoiser(train, alpha_bar, steps=300 if quick else 2000, progress=False).to(device)
-    t = lr.timestep_at(EDIT_FRACTION, len(alpha_bar))
+    t = timestep_at(EDIT_FRACTION, len(alpha_bar))
     x_t = lr.add_noise(mixture.sample(1, generator)[0], float(alpha_bar[t]), generator).to(device)
     return "MLP denoiser on a MoLRG (mini model absent), d = 32", lr.denoiser_pmp(denoiser, t), x_t
 
@@ -70,7 +70,7 @@ def sd14_unet_pmp(
     """An SD-1.4-size UNet (published config, random weights) with a random prompt embedding."""
     from diffusers import UNet2DConditionModel
 
-    from geomlib.mini.build import SD_BETAS, UNET_CONFIGS
+    from geomlib.sd.mini.build import SD_BETAS, UNET_CONFIGS
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -94,7 +94,7 @@ def sd14_unet_pmp(
     posterior_mean = lr.unet_posterior_mean(unet, alpha_bar, embeds)
     precision = str(dtype).split(".")[-1]
     label = f"SD-1.4-size UNet (random weights), latent 4x{latent_size}x{latent_size}, {precision}"
-    return label, lr.denoiser_pmp(posterior_mean, lr.timestep_at(EDIT_FRACTION, 1000)), x_t
+    return label, lr.denoiser_pmp(posterior_mean, timestep_at(EDIT_FRACTION, 1000)), x_t
 
 
 def bench_model(
@@ -156,7 +156,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     device = geomlib.default_device()
-    from geomlib.latent import MINI_MODEL
+    from geomlib.sd.pipelines import MINI_MODEL
 
     if (MINI_MODEL / "model_index.json").exists():
         label, pmp, x_t = mini_model_pmp(device)

@@ -1,7 +1,7 @@
 """Benchmark exact_partition against a brute-force grid count of activation patterns.
 
 For random ReLU MLPs 2 -> width^depth -> 3 (torch.manual_seed(0), float64) on the box
-(-1, 1, -1, 1), time ``geomlib.partition.exact_partition`` and, in the same run, count the
+(-1, 1, -1, 1), time ``geomlib.core.partition.exact_partition`` and, in the same run, count the
 distinct activation patterns on N x N grids. The grid count is a lower bound on the number
 of linear regions (small regions fall between grid points); every grid pattern should be
 the pattern of one exact region.
@@ -43,7 +43,7 @@ def make_mlp(width: int, depth: int, seed: int = 0) -> nn.Sequential:
 
 def _exact_worker(width: int, depth: int, queue: mp.Queue) -> None:
     """Child process: run exact_partition and send back (regions, seconds, packed patterns)."""
-    from geomlib.partition import exact_partition
+    from geomlib.core.partition import exact_partition
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     net = make_mlp(width, depth)

@@ -1,12 +1,19 @@
 """geomlib: local geometry of generative models.
 
 The public API: Jacobian singular values of a batched generator (exact, projected sketch,
-randomized SVD) and the three local descriptors built on them, local scaling (ψ), local rank (ν)
-and local complexity (δ).
+randomized SVD), the three local descriptors built on them, local scaling (ψ), local rank (ν) and
+local complexity (δ), the exact partition of a 2-D ReLU network, and the loader of Stable-Diffusion
+pipelines. The package's layers, bottom to top: :mod:`geomlib.core` (the maths),
+:mod:`geomlib.runtime` (profiles, seeding, caches, figures), :mod:`geomlib.sd` (latent diffusion),
+:mod:`geomlib.chapters` (one module or package per notebook), :mod:`geomlib.cli` and
+:mod:`geomlib.book`.
 """
 
-from geomlib.descriptors import (
+from typing import Any
+
+from geomlib.core.descriptors import (
     BATCH_TOLERANCE,
+    DESCRIPTOR_NAMES,
     NONLINEARITIES,
     Descriptors,
     cross_polytope_directions,
@@ -16,7 +23,7 @@ from geomlib.descriptors import (
     local_rank,
     local_scaling,
 )
-from geomlib.jacobian import (
+from geomlib.core.jacobian import (
     RandomizedSVD,
     jacobian,
     jacobian_singular_values,
@@ -26,23 +33,54 @@ from geomlib.jacobian import (
     randomized_svd,
     vjp_rows,
 )
-from geomlib.profiles import PROFILES, check_profile, default_device, select_budget, torch_threads
+from geomlib.core.partition import Partition, exact_partition
+from geomlib.runtime.profiles import (
+    PROFILES,
+    check_profile,
+    default_device,
+    select_budget,
+    set_torch_threads,
+    torch_threads,
+)
 
 __version__ = "0.1.0"
 
+#: Names imported on first use: they load diffusers and transformers, which ``import geomlib``
+#: does not need for the kernels.
+_LAZY = {
+    "load_pipeline": "geomlib.sd.pipelines",
+    "DescriptorSettings": "geomlib.sd.decoder",
+    "decoder_descriptors": "geomlib.sd.decoder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'geomlib' has no attribute {name!r}")
+
+
 __all__ = [
     "BATCH_TOLERANCE",
+    "DESCRIPTOR_NAMES",
+    "DescriptorSettings",
     "Descriptors",
     "NONLINEARITIES",
     "PROFILES",
+    "Partition",
     "RandomizedSVD",
     "check_profile",
     "cross_polytope_directions",
+    "decoder_descriptors",
     "default_device",
     "describe",
+    "exact_partition",
     "jacobian",
     "jacobian_singular_values",
     "jvp_columns",
+    "load_pipeline",
     "local_complexity",
     "local_complexity_by_layer",
     "local_rank",
@@ -51,6 +89,7 @@ __all__ = [
     "projected_jacobian",
     "randomized_svd",
     "select_budget",
+    "set_torch_threads",
     "torch_threads",
     "vjp_rows",
 ]

@@ -54,8 +54,8 @@ def describe_each():
 def tiny_pipe():
     """The untrained tiny SD-architecture pipeline, on one CPU thread (a tiny model: threads only
     add overhead, and much more on a busy CPU)."""
-    from geomlib.latent import tiny_random_pipeline
-    from geomlib.profiles import torch_threads
+    from geomlib.runtime.profiles import torch_threads
+    from geomlib.sd.pipelines import tiny_random_pipeline
 
     with torch_threads(1):
         yield tiny_random_pipeline()

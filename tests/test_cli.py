@@ -22,7 +22,12 @@ from PIL import Image
 
 import geomlib
 from geomlib import cli, describe
-from geomlib.latent import encode_images, generate, initial_latents, latent_decoder, load_pipeline
+from geomlib.runtime.profiles import torch_threads
+from geomlib.sd import runs
+from geomlib.sd.decoder import DescriptorSettings, encode_images, latent_decoder
+from geomlib.sd.images import InputError
+from geomlib.sd.pipelines import load_pipeline
+from geomlib.sd.sampling import generate, initial_latents
 
 DESCRIPTOR_OPTIONS = ["--k", "8", "--seed", "3", "--radius", "0.1", "--n-dirs", "2"]
 QUIET = ["--threads", "1", "--no-progress"]
@@ -31,7 +36,7 @@ N_IMAGES = 5
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from geomlib.latent import tiny_random_pipeline
+    from geomlib.sd.pipelines import tiny_random_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-sd")
     tiny_random_pipeline(folder)
@@ -115,7 +120,7 @@ def test_resume_after_a_subset_a_crash_and_a_lost_part(tiny_model, images, refer
     assert len(read(out)) == 2
 
     calls = []
-    real_rows = cli.image_rows
+    real_rows = runs.image_rows
 
     def crash_on_second_batch(batch, job):
         calls.append(len(batch))
@@ -123,11 +128,11 @@ def test_resume_after_a_subset_a_crash_and_a_lost_part(tiny_model, images, refer
             raise RuntimeError("simulated kill")
         return real_rows(batch, job)
 
-    monkeypatch.setattr(cli, "image_rows", crash_on_second_batch)
+    monkeypatch.setattr(runs, "image_rows", crash_on_second_batch)
     with pytest.raises(RuntimeError, match="simulated kill"):
         describe_images(tiny_model, images[0], out, "--batch-size", "2")
     assert calls == [2, 1] and len(read(out)) == 4  # the batch before the crash is kept
-    monkeypatch.setattr(cli, "image_rows", real_rows)
+    monkeypatch.setattr(runs, "image_rows", real_rows)
     (out / ".part-rank0.tmp").write_bytes(b"torn write")  # what a kill mid-write leaves
     lost = sorted(out.glob("part-*.parquet"))[0]
     lost.unlink()
@@ -227,17 +232,30 @@ def test_prompts_give_one_row_per_prompt_seed_and_step(tiny_model, tmp_path, one
     np.testing.assert_allclose(sample["local_rank"], truth.local_rank.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_describe_to_parquet_is_the_command_from_python(tiny_model, images, reference, tmp_path):
-    rows = cli.describe_to_parquet(
-        tmp_path / "d.parquet", model=str(tiny_model), images=images[0], k=8, seed=3, radius=0.1,
-        n_dirs=2, batch_size=4, threads=1, no_progress=True, singular_values=True,
-    )  # fmt: skip
+def test_a_describe_run_from_python_is_the_command(tiny_model, images, reference, tmp_path):
+    run = runs.DescribeRun(
+        model=str(tiny_model),
+        out=tmp_path / "d.parquet",
+        source=runs.ImageInput(images[0]),
+        descriptors=DescriptorSettings(k=8, seed=3, radius=0.1, n_dirs=2),
+        batch_size=4,
+        keep_sigma=True,
+        progress=False,
+    )
+    with torch_threads(1):
+        rows = runs.describe_to_table(run)
     assert_same_rows(rows, reference)
     sigma = np.stack(rows["singular_values"].to_numpy())
     assert sigma.shape == (N_IMAGES, 8)  # k = 8 values of the sketch per image
     np.testing.assert_allclose(np.log(sigma).sum(1), rows["local_scaling"], rtol=1e-4)
-    with pytest.raises(cli.InputError, match="no such folder"):
-        cli.describe_to_parquet(tmp_path / "e.parquet", model=str(tiny_model), images=tmp_path / "nowhere")
+    with pytest.raises(InputError, match="no such folder"):
+        runs.describe_to_table(
+            runs.DescribeRun(
+                model=str(tiny_model),
+                out=tmp_path / "e.parquet",
+                source=runs.ImageInput(tmp_path / "nowhere"),
+            )
+        )
 
 
 def write_truncated_png(path: Path) -> None:

@@ -1,0 +1,136 @@
+"""The budgets of chapter 07, one :class:`LowRankBudget` per profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LowRankBudget:
+    """A profile of chapter 07.
+
+    MoLRG part: ambient ``dim``, subspace ``ranks``, ``n_points`` profiled per timestep at the
+    ``t_fractions`` of the schedule; the denoiser's ``train_size``, ``train_steps``, ``hidden``,
+    ``depth``, ``batch_size``; the training-set ``sweep_sizes`` (each trained ``sweep_steps``, scored
+    on ``n_generated`` DDIM samples of ``sampling_steps`` steps, its rank at ``sweep_t_fraction``).
+    Edit part: ``edit_k`` directions at ``edit_t_fraction`` of the schedule, ``image_steps`` DDIM
+    steps, the strengths ``edit_strengths`` (latent units), ``edit_power_iters`` of the randomized
+    SVD; the latent rank profile at ``latent_t_fractions`` for ``n_latents`` latents is exact when
+    ``latent_spectrum_k`` is None, else the top-k by randomized SVD; ``guidance_scale`` of the UNet's
+    PMP; ``bench_k`` the sizes timed; ``chunk_size`` bounds the UNet products per vectorised pass;
+    ``cpu_threads``: torch threads on a CPU (the chapter's kernels are small: on a shared 2-core CPU
+    two intra-op threads that wait on each other made them 3-10x slower than one, measured).
+    """
+
+    dim: int
+    ranks: tuple[int, ...]
+    n_points: int
+    t_fractions: tuple[float, ...]
+    train_size: int
+    train_steps: int
+    hidden: int
+    depth: int
+    batch_size: int
+    sweep_sizes: tuple[int, ...]
+    sweep_steps: int
+    n_generated: int
+    sampling_steps: int
+    sweep_t_fraction: float
+    edit_k: int
+    edit_t_fraction: float
+    image_steps: int
+    edit_strengths: tuple[float, ...]
+    edit_power_iters: int
+    latent_t_fractions: tuple[float, ...]
+    n_latents: int
+    latent_spectrum_k: int | None
+    guidance_scale: float
+    bench_k: tuple[int, ...]
+    chunk_size: int | None
+    cpu_threads: int | None = 1
+
+
+LOWRANK_BUDGETS: dict[str, LowRankBudget] = {
+    "smoke": LowRankBudget(
+        dim=16,
+        ranks=(2, 2),
+        n_points=8,
+        t_fractions=(0.02, 0.3, 0.9),
+        train_size=512,
+        train_steps=300,
+        hidden=64,
+        depth=2,
+        batch_size=128,
+        sweep_sizes=(4, 256),
+        sweep_steps=300,
+        n_generated=64,
+        sampling_steps=10,
+        sweep_t_fraction=0.05,
+        edit_k=2,
+        edit_t_fraction=0.7,
+        image_steps=4,
+        edit_strengths=(-4.0, 0.0, 4.0),
+        edit_power_iters=1,
+        latent_t_fractions=(0.7,),
+        n_latents=1,
+        latent_spectrum_k=8,
+        guidance_scale=3.0,
+        bench_k=(2,),
+        chunk_size=None,
+    ),
+    "book": LowRankBudget(
+        dim=32,
+        ranks=(3, 3),
+        n_points=32,
+        t_fractions=(0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.97),
+        train_size=4096,
+        train_steps=6000,
+        hidden=128,
+        depth=3,
+        batch_size=256,
+        sweep_sizes=(2, 4, 8, 16, 32, 64, 256, 1024),
+        sweep_steps=2000,
+        n_generated=256,
+        sampling_steps=50,
+        sweep_t_fraction=0.05,
+        edit_k=5,
+        edit_t_fraction=0.7,
+        image_steps=25,
+        edit_strengths=(-8.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0),
+        edit_power_iters=2,
+        latent_t_fractions=(0.05, 0.3, 0.5, 0.7, 0.9),
+        n_latents=1,
+        latent_spectrum_k=None,
+        guidance_scale=3.0,
+        bench_k=(5, 10),
+        chunk_size=None,
+    ),
+    "paper": LowRankBudget(
+        dim=64,
+        ranks=(4, 4, 4),
+        n_points=64,
+        t_fractions=tuple(i / 20 for i in range(1, 20)),
+        train_size=16384,
+        train_steps=20000,
+        hidden=256,
+        depth=4,
+        batch_size=512,
+        sweep_sizes=(2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
+        sweep_steps=8000,
+        n_generated=1024,
+        sampling_steps=100,
+        sweep_t_fraction=0.05,
+        edit_k=10,
+        edit_t_fraction=0.7,
+        image_steps=50,
+        edit_strengths=(-64.0, -32.0, 0.0, 32.0, 64.0),
+        edit_power_iters=2,
+        latent_t_fractions=(0.05, 0.3, 0.5, 0.7, 0.9),
+        n_latents=1,
+        latent_spectrum_k=256,
+        guidance_scale=7.5,
+        bench_k=(5, 10),
+        chunk_size=16,
+        cpu_threads=None,
+    ),
+}
