@@ -31,7 +31,7 @@ PARAMS ?=
 UPGRADE ?=
 TORCH_WHEELS ?= https://download.pytorch.org/whl/torch/
 
-.PHONY: FORCE install lock lint fmt browser test book bench clean
+.PHONY: FORCE install lock lint fmt browser test book paper-dry bench clean
 
 # A new venv whenever the lock changes, so that it holds the lock and nothing else.
 $(LOCKED): $(LOCK)
@@ -94,6 +94,11 @@ test: install lint browser
 
 book: install
 	$(PY) -m geomlib.book.runner --profile $(PROFILE) $(if $(DEVICE),--device $(DEVICE)) $(if $(MODEL),--model $(MODEL)) $(foreach p,$(PARAMS),-p $(p))
+
+# The paper profile of every notebook with tiny counts, on an SD-1.4-shaped random pipeline, an
+# ImageNet-style folder and prompt files built under _build/paper-dry (minutes on a CPU).
+paper-dry: install
+	$(PY) -m geomlib.book.paper_dry $(if $(DEVICE),--device $(DEVICE))
 
 bench: install
 	$(PY) benchmarks/bench_jacobian.py

@@ -357,3 +357,64 @@ def test_help_documents_every_option(capsys):
         assert all(option in text for option in action.option_strings)
     for topic in ("accelerate launch", "geomlib merge", "resume", "exit status"):
         assert topic in text
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--threads", "0"], "--threads must be a positive integer"),
+        (["--device", "banana"], "--device banana"),
+        (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:999"], "--device"),
+        (["--radius", "0.1", "--n-dirs", "10000"], "latent dimension"),
+        (["--chunk-size", "0"], "--chunk-size must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    ],
+)
+def test_mistakes_found_late_still_exit_2_in_one_line(tiny_model, images, tmp_path, capsys, options, message):
+    """Mistakes that need the model or the device to be seen: still exit 2, one line, no traceback."""
+    assert describe_images(tiny_model, images[0], tmp_path / "d.parquet", *options) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\nerror:") + err.startswith("error:") == 1
+
+
+def test_an_out_that_cannot_be_written_fails_before_the_model_loads(
+    tiny_model, images, tmp_path, capsys, monkeypatch
+):
+    """A folder that cannot be made (its parent is a file; read-only folders fail the same way for
+    a user without root's rights)."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(runs, "load_model", lambda *a: pytest.fail("the model must not load"))
+    assert describe_images(tiny_model, images[0], tmp_path / "a-file" / "d.parquet") == cli.EXIT_BAD_INPUT
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_part_that_is_not_parquet_exits_2_and_says_which(tiny_model, images, tmp_path, capsys):
+    out = tmp_path / "d.parquet"
+    out.mkdir()
+    (out / "part-00000000-rank0.parquet").write_bytes(b"\x80\x04not a parquet file")
+    assert describe_images(tiny_model, images[0], out) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "part-00000000-rank0.parquet" in err and "Traceback" not in err
+
+
+def test_images_too_large_for_memory_exit_2_with_a_hint(tiny_model, tmp_path, capsys, monkeypatch):
+    """Checked from an estimate before anything is allocated (here the free memory is made small)."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(folder / "a.png")
+    monkeypatch.setattr(runs, "free_memory", lambda device: 1024)
+    argv = ["--radius", "0.1", "--n-dirs", "4"]
+    assert describe_images(tiny_model, folder, tmp_path / "d.parquet", *argv) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "GiB are free" in err and "--resize" in err and "--chunk-size" in err
+
+
+def test_the_memory_estimate_scales_with_the_pixels_and_the_vertices(tiny_model):
+    from geomlib.sd.decoder import estimate_memory
+
+    pipe = load_pipeline(tiny_model, device="cpu")
+    small = estimate_memory(pipe, 16, 16, DescriptorSettings(k=8, radius=0.1, n_dirs=4))
+    large = estimate_memory(pipe, 64, 64, DescriptorSettings(k=8, radius=0.1, n_dirs=4))
+    chunked = estimate_memory(pipe, 64, 64, DescriptorSettings(k=8, radius=0.1, n_dirs=4, chunk_size=2))
+    assert large.vertex_pass == pytest.approx(16 * small.vertex_pass, rel=0.01)
+    assert chunked.vertex_pass == pytest.approx(large.vertex_pass / 4, rel=0.01)  # 2 of 8 vertices a pass

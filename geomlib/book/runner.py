@@ -156,7 +156,7 @@ def run_all(
     *,
     device: str | None = None,
     model: str | None = None,
-    extra: dict[str, str] | None = None,
+    extra: dict[str, object] | None = None,
     cell_timeout: int = 1800,
     force: bool = False,
 ) -> list[NotebookRun]:
@@ -165,7 +165,7 @@ def run_all(
     ``extra`` parameters (e.g. ``{"imagenet_folder": "/data/imagenet"}``) are injected into every
     notebook; papermill warns about, and a notebook ignores, those it does not declare.
     """
-    parameters: dict[str, str] = {"profile": profile}
+    parameters: dict[str, object] = {"profile": profile}
     parameters.update({k: v for k, v in {"device": device, "model": model}.items() if v})
     parameters.update(extra or {})
     out_dir = BUILD / "executed" / profile

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from geomlib.core.partition import Partition
 from geomlib.runtime.plotting import plot_partition
-from geomlib.runtime.profiles import torch_threads
+from geomlib.runtime.profiles import count, torch_threads
 
 __all__ = [
     "BUMPS",
@@ -65,13 +65,13 @@ class CpwlBudget:
 
     width: int
     depth: int
-    steps: int
+    steps: int = count(30)
     batch_size: int
     lr: float
-    n_samples: int
+    n_samples: int = count(400)
     bandwidth: float
-    grid: int
-    snapshot_steps: tuple[int, ...]
+    grid: int = count(11)
+    snapshot_steps: tuple[int, ...] = count((0, 10, 30))
 
 
 CPWL_BUDGETS: dict[str, CpwlBudget] = {

@@ -21,6 +21,7 @@ from torch import nn
 
 from geomlib.core.descriptors import local_rank, local_scaling
 from geomlib.core.jacobian import BatchFunction, jacobian_singular_values
+from geomlib.runtime.profiles import count
 from geomlib.runtime.seeding import seeded_global_rng
 
 
@@ -30,7 +31,7 @@ class SketchingBudget:
     ``4 x latent_size x latent_size``, decoder ``widths``), sketches of sizes ``ks``, randomized
     SVD with each of ``power_iters``."""
 
-    n_latents: int
+    n_latents: int = count(2)
     ks: tuple[int, ...]
     power_iters: tuple[int, ...]
     latent_size: int

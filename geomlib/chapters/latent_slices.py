@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from geomlib.core.checks import finite_tensor, non_negative_number, positive_int
 from geomlib.core.descriptors import DESCRIPTOR_NAMES
+from geomlib.runtime.profiles import count
 from geomlib.sd.decoder import DescriptorSettings, decode_latents
 from geomlib.sd.hub import SDPipeline
-from geomlib.sd.pipelines import SD14
+from geomlib.sd.pipelines import world_for_model
 from geomlib.sd.sampling import generate
 
 
@@ -22,11 +24,11 @@ class SliceBudget:
     ``descriptors`` there (δ's ``radius`` in latent units), ``steps`` sampler steps for the three
     anchors, a ``mosaic x mosaic`` grid of decoded images, and the live widget's resolution."""
 
-    resolution: int
+    resolution: int = count(3)
     descriptors: DescriptorSettings
-    steps: int
-    mosaic: int
-    widget_resolution: int
+    steps: int = count(3)
+    mosaic: int = count(2)
+    widget_resolution: int = count(2)
 
 
 SLICE_BUDGETS: dict[str, SliceBudget] = {
@@ -118,13 +120,18 @@ def latent_plane(anchors: torch.Tensor, resolution: int = 16, padding: float = 0
         the grid covers the anchors' bounding box in plane coordinates, widened on each side by
         ``padding`` times its width (height).
     """
-    if anchors.ndim < 2 or anchors.shape[0] != 3:
-        raise ValueError(f"anchors must have shape (3, *latent_shape), got {tuple(anchors.shape)}")
-    if resolution < 2 or padding < 0:
-        raise ValueError(f"need resolution >= 2 and padding >= 0, got {resolution}, {padding}")
+    if not isinstance(anchors, torch.Tensor) or anchors.ndim < 2 or anchors.shape[0] != 3:
+        got = tuple(anchors.shape) if isinstance(anchors, torch.Tensor) else type(anchors).__name__
+        raise ValueError(f"anchors must be a tensor of shape (3, *latent_shape), got {got}")
+    finite_tensor("anchors", anchors.double() if not anchors.is_floating_point() else anchors)
+    if positive_int("resolution", resolution) < 2:
+        raise ValueError(f"resolution must be at least 2 grid points per axis, got {resolution}")
+    non_negative_number("padding", padding)
     flat = anchors.flatten(1).double()
     first = flat[1] - flat[0]
     second = flat[2] - flat[0]
+    if first.norm() == 0 or second.norm() == 0 or (flat[2] - flat[1]).norm() == 0:
+        raise ValueError("two of the three anchors are the same latent: they span no plane")
     e1 = first / first.norm()
     residual = second - (second @ e1) * e1
     if residual.norm() <= 1e-5 * second.norm():  # relative to float32 precision
@@ -150,8 +157,9 @@ def latent_plane(anchors: torch.Tensor, resolution: int = 16, padding: float = 0
 
 
 def default_prompts(model: str) -> list[str]:
-    """The chapter's three prompts: the paper's for SD, captions of the grammar otherwise."""
-    if model == SD14 or "stable-diffusion" in str(model):
+    """The chapter's three prompts: the paper's for Stable Diffusion (any model without a procedural
+    world), captions of the world's grammar otherwise."""
+    if world_for_model(model) is None:
         return ["a cat", "a dog", "a fox"]
     return [
         "a large red circle in the center on a blue background",

@@ -27,6 +27,9 @@ from typing import Literal
 
 import torch
 from torch.func import jvp, vjp, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from geomlib.core.checks import finite_tensor, positive_int
 
 BatchFunction = Callable[[torch.Tensor], torch.Tensor]
 Method = Literal["exact", "projected", "randomized"]
@@ -54,22 +57,31 @@ def _svd_ready(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.float() if matrix.dtype in (torch.float16, torch.bfloat16) else matrix
 
 
-def check_latents(z: torch.Tensor, name: str = "z") -> None:
-    """Raise ``ValueError`` unless ``z`` is a finite floating tensor with a batch axis."""
+def check_latents(z: torch.Tensor, name: str = "z", *, batch_offset: int = 0) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``z`` is a finite floating tensor with a batch axis
+    and at least one sample (bad samples are named by index, plus ``batch_offset``)."""
     if not isinstance(z, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
     if z.ndim < 2:
         raise ValueError(
             f"{name} must have a batch axis, shape (B, *in_shape); got shape {tuple(z.shape)}"
             f" (use {name}.unsqueeze(0) for a single sample)"
         )
     if z.shape[0] == 0 or z.numel() == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(z.shape)}")
-    if not z.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor, got dtype {z.dtype}")
-    if not torch.isfinite(z).all():
-        bad = (~torch.isfinite(z)).flatten(1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"{name} contains NaN or inf values (samples {bad[:10]})")
+        raise ValueError(f"{name} is empty: shape {tuple(z.shape)}; give at least one sample")
+    finite_tensor(name, z, batch_offset=batch_offset)
+
+
+def check_independent_samples(f: object) -> None:
+    """Raise ``ValueError`` if ``f`` is a module with batch norm in training mode: its samples would
+    interact through the batch statistics, and no per-sample Jacobian exists."""
+    if isinstance(f, torch.nn.Module):
+        training = [n for n, m in f.named_modules() if isinstance(m, _BatchNorm) and m.training]
+        if training:
+            raise ValueError(
+                f"batch norm in training mode couples the samples of a batch ({', '.join(training[:3])}):"
+                " call model.eval() first"
+            )
 
 
 def _output_shape(f: BatchFunction, z: torch.Tensor) -> tuple[int, ...]:
@@ -229,6 +241,7 @@ def projected_jacobian(
 ) -> torch.Tensor:
     """The sketch ``W J_b``, ``(B, k, E)``, with ``W = orthonormal_rows(k, D, seed=seed)``."""
     check_latents(z)
+    positive_int("k", k)
     out_dim = math.prod(_output_shape(f, z))
     if k > out_dim:
         raise ValueError(f"k={k} is larger than the output dimension D={out_dim}")
@@ -287,10 +300,12 @@ def randomized_svd(
     check_latents(z)
     batch, in_dim = z.shape[0], math.prod(z.shape[1:])
     out_dim = math.prod(_output_shape(f, z))
-    if not 0 < k <= min(in_dim, out_dim):
+    positive_int("k", k)
+    if not k <= min(in_dim, out_dim):
         raise ValueError(f"k={k} must be between 1 and min(E, D) = {min(in_dim, out_dim)}")
-    if oversample < 0 or power_iters < 0:
-        raise ValueError("oversample and power_iters must be >= 0")
+    for name, value in (("oversample", oversample), ("power_iters", power_iters)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     width = min(k + oversample, in_dim, out_dim)
     generator = torch.Generator().manual_seed(seed)
     omega = torch.randn(width, batch, in_dim, generator=generator, dtype=torch.float64)
@@ -357,12 +372,13 @@ def jacobian_singular_values(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+    positive_int("chunk_size", chunk_size, optional=True)
+    check_independent_samples(f)
     if method == "exact":
         return torch.linalg.svdvals(_svd_ready(jacobian(f, z, chunk_size)))
-    if k is None or k < 1:
+    if k is None:
         raise ValueError(f"method={method!r} needs a positive sketch size k (the paper uses 120)")
+    positive_int("k", k)
     if method == "projected":
         sketch = projected_jacobian(f, z, k, seed=seed, chunk_size=chunk_size)
         return torch.linalg.svdvals(_svd_ready(sketch))

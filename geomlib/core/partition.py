@@ -311,10 +311,20 @@ def _apply_activation(state: _Regions, op: _Op, geom: _Geometry) -> _Regions:
     return _Regions(polys, M * gain[:, :, None], c * gain, patterns)
 
 
+#: Areas are products of coordinates: beyond this their squares overflow float64.
+MAX_BOUND = 1e100
+
+
 def _check_bounds(bounds) -> tuple[float, float, float, float]:
+    if isinstance(bounds, str) or len(bounds) != 4:
+        raise ValueError(f"bounds must be (xmin, xmax, ymin, ymax), got {bounds!r}")
     xmin, xmax, ymin, ymax = (float(v) for v in bounds)
     if not (np.isfinite([xmin, xmax, ymin, ymax]).all() and xmin < xmax and ymin < ymax):
         raise ValueError(f"bounds must be finite with xmin < xmax and ymin < ymax; got {bounds}")
+    if max(abs(xmin), abs(xmax), abs(ymin), abs(ymax)) > MAX_BOUND:
+        raise ValueError(
+            f"bounds {bounds} reach beyond ±{MAX_BOUND:g}, where areas overflow float64: rescale the input"
+        )
     return xmin, xmax, ymin, ymax
 
 
@@ -381,7 +391,13 @@ class Partition:
         """
         if isinstance(points, torch.Tensor):
             points = points.detach().cpu().to(torch.float64).numpy()
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        pts = np.asarray(points, dtype=np.float64)
+        if pts.ndim == 1 and pts.shape == (2,):
+            pts = pts[None]
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            raise ValueError(f"points must have shape (P, 2), got {pts.shape}")
+        if not np.isfinite(pts).all():
+            raise ValueError("points contain NaN or inf values")
         xmin, xmax, ymin, ymax = self.bounds
         inside = (pts[:, 0] >= xmin) & (pts[:, 0] <= xmax) & (pts[:, 1] >= ymin) & (pts[:, 1] <= ymax)
         out = np.full(len(pts), -1, dtype=np.int64)

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -41,14 +41,33 @@ def default_device(requested: str | None = None) -> torch.device:
 
 
 BudgetT = TypeVar("BudgetT")
+#: The metadata key of a budget field's value in a dry run (see :func:`count`).
+DRY_RUN = "dry_run"
 
 
-def select_budget(budgets: Mapping[str, BudgetT], profile: str) -> BudgetT:
+def count(dry_run: Any) -> Any:
+    """A budget field that counts work (images, prompts, steps, seeds, grid points): its value in
+    a dry run is ``dry_run``. ``n_images: int = count(2)`` declares the field without a default."""
+    return dataclasses.field(metadata={DRY_RUN: dry_run})
+
+
+def shrink_counts(budget: BudgetT) -> BudgetT:
+    """``budget`` with every :func:`count` field at its dry-run value and every other field (sketch
+    sizes, radii, methods, chunk sizes, models) as it is: the same code path, in seconds."""
+    if not dataclasses.is_dataclass(budget) or isinstance(budget, type):
+        raise TypeError(f"a budget is a dataclass instance, got {type(budget).__name__}")
+    dry = {f.name: f.metadata[DRY_RUN] for f in dataclasses.fields(budget) if DRY_RUN in f.metadata}
+    return dataclasses.replace(budget, **dry)
+
+
+def select_budget(budgets: Mapping[str, BudgetT], profile: str, *, dry_run: bool = False) -> BudgetT:
     """The budget of ``profile`` from a chapter's ``{"smoke": ..., "book": ..., "paper": ...}``.
 
     Every chapter keeps its budgets beside its code, as instances of one frozen dataclass, and reads
     them through this one switch, so ``profile="smoke"`` shrinks every loop, grid and sample count
-    of the chapter at once. Change a field for one run with ``dataclasses.replace(budget, k=32)``.
+    of the chapter at once. ``dry_run=True`` keeps the profile's settings and shrinks only its
+    counts (:func:`shrink_counts`): the ``paper`` path, run on a CPU in seconds. Change a field for
+    one run with ``dataclasses.replace(budget, k=32)``.
     """
     check_profile(profile)
     missing = [name for name in PROFILES if name not in budgets]
@@ -59,7 +78,7 @@ def select_budget(budgets: Mapping[str, BudgetT], profile: str) -> BudgetT:
         raise TypeError(
             f"a chapter's budgets must be instances of one dataclass, got {sorted(map(str, kinds))}"
         )
-    return budgets[profile]
+    return shrink_counts(budgets[profile]) if dry_run else budgets[profile]
 
 
 def set_torch_threads(n: int | None) -> int:

@@ -9,7 +9,6 @@ command line and their caches.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +17,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from geomlib.core.checks import finite_tensor, positive_int, positive_number
 from geomlib.core.descriptors import Descriptors, describe
-from geomlib.core.jacobian import METHODS, Method
+from geomlib.core.jacobian import METHODS, Method, check_latents
 from geomlib.sd.hub import SDPipeline
 
 
@@ -54,13 +54,18 @@ def latent_shape(
 ) -> tuple[int, int, int]:
     """``(4, h, w)`` of the latents of ``height x width`` images (default: the UNet's size)."""
     factor = pipe.vae_scale_factor
-    height = height or pipe.unet.config.sample_size * factor
-    width = width or pipe.unet.config.sample_size * factor
+    height = pipe.unet.config.sample_size * factor if height is None else positive_int("height", height)
+    width = pipe.unet.config.sample_size * factor if width is None else positive_int("width", width)
     if height % factor or width % factor:
         raise ValueError(
             f"height and width must be multiples of the VAE factor {factor}, got {height}x{width}"
         )
     return (pipe.unet.config.in_channels, height // factor, width // factor)
+
+
+#: How far outside [0, 1] an image may reach before it is taken for another range (resampling
+#: overshoots a little).
+IMAGE_RANGE_SLACK = 0.01
 
 
 @torch.no_grad()
@@ -70,14 +75,36 @@ def encode_images(pipe: SDPipeline, images: torch.Tensor, batch_size: int = 64) 
     Parameters
     ----------
     images
-        ``(B, 3, H, W)`` floats in ``[0, 1]``.
+        ``(B, 3, H, W)`` floats in ``[0, 1]``, ``H`` and ``W`` multiples of the VAE's factor.
+    batch_size
+        images per encoder call (1: a latent that does not depend on its batch neighbours).
 
     Returns
     -------
     ``(B, 4, H / f, W / f)`` on the pipeline's device, in its dtype.
     """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (B, 3, H, W), got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be floats in [0, 1], got dtype {images.dtype} (use images.float() / 255)"
+        )
+    finite_tensor("images", images)
+    low, high = float(images.min()), float(images.max())
+    if low < -IMAGE_RANGE_SLACK or high > 1 + IMAGE_RANGE_SLACK:
+        hint = (
+            " (images / 255?)" if high > 2 else " (images in [-1, 1]: (images + 1) / 2)" if low < -0.5 else ""
+        )
+        raise ValueError(f"images must lie in [0, 1], got values in [{low:.3g}, {high:.3g}]{hint}")
+    factor = pipe.vae_scale_factor
+    if images.shape[2] % factor or images.shape[3] % factor:
+        raise ValueError(
+            f"images of {images.shape[2]}x{images.shape[3]} px: height and width must be multiples of the"
+            f" VAE factor {factor} (resize them)"
+        )
+    batch_size = positive_int("batch_size", batch_size)
     vae = pipe.vae
     parts = []
     for start in range(0, len(images), batch_size):
@@ -90,12 +117,74 @@ def encode_images(pipe: SDPipeline, images: torch.Tensor, batch_size: int = 64) 
 @torch.no_grad()
 def decode_latents(pipe: SDPipeline, latents: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Images of diffusion latents ``(B, 4, h, w)``, as ``(B, H, W, 3)`` floats in ``[0, 1]``."""
+    check_latents(latents, "latents")
+    batch_size = positive_int("batch_size", batch_size)
     decoder = latent_decoder(pipe)
     parts = []
     for start in range(0, len(latents), batch_size):
         chunk = latents[start : start + batch_size].to(pipe.vae.device, pipe.vae.dtype)
         parts.append(((decoder(chunk) + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy())
     return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What describing one latent of an ``height x width`` image needs, in bytes (an estimate from
+    the decoder's activations, scaled from one small forward pass: convolutions scale with the
+    pixels; attention, which scales faster, is not counted, so it is a lower bound there)."""
+
+    vertex_pass: int  # one forward pass over the vertices of δ's cross-polytope
+    products: int  # the stored forward pass of the products plus one vectorised backward pass
+
+    @property
+    def peak(self) -> int:
+        """The larger of the two (they do not overlap)."""
+        return max(self.vertex_pass, self.products)
+
+
+#: Side (latent units) of the probe forward pass behind :func:`estimate_memory`.
+PROBE_LATENT_SIDE = 8
+#: Live tensors of the widest size during a forward pass (a resnet block's input, its normalised
+#: copy and the convolution's output).
+LIVE_TENSORS = 3
+
+
+@torch.no_grad()
+def estimate_memory(
+    pipe: SDPipeline, height: int, width: int, settings: DescriptorSettings, *, itemsize: int | None = None
+) -> MemoryEstimate:
+    """How much memory :func:`decoder_descriptors` needs per latent of ``height x width`` images.
+
+    One forward pass of the decoder on a ``4 x 8 x 8`` latent records the largest activation and
+    the sum of all of them per output pixel; both scale with the pixels of the real size. The
+    vertex pass holds ``LIVE_TENSORS`` of the largest for each of its ``min(2P, chunk_size)``
+    vertices; the products store one forward pass and run ``chunk_size`` backward passes at once.
+    """
+    decoder = latent_decoder(pipe)
+    probe = torch.zeros(1, pipe.unet.config.in_channels, PROBE_LATENT_SIDE, PROBE_LATENT_SIDE)
+    probe = probe.to(pipe.vae.device, pipe.vae.dtype)
+    sizes: list[int] = []
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out: sizes.append(out.numel()) if isinstance(out, torch.Tensor) else None
+        )
+        for module in decoder.vae.decoder.modules()
+    ]
+    try:
+        image = decoder(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    scale = (height * width) / (image.shape[-2] * image.shape[-1])
+    itemsize = itemsize or torch.finfo(pipe.vae.dtype).bits // 8
+    widest, total = max(sizes) * scale * itemsize, sum(sizes) * scale * itemsize
+    n_vertices = 0 if settings.radius is None else 2 * settings.n_dirs
+    per_pass = n_vertices if settings.chunk_size is None else min(n_vertices, settings.chunk_size)
+    vectors = settings.chunk_size or (8 if pipe.vae.device.type == "cpu" else (settings.k or 1))
+    return MemoryEstimate(
+        vertex_pass=int(per_pass * LIVE_TENSORS * widest),
+        products=int(total + vectors * LIVE_TENSORS * widest),
+    )
 
 
 def decoder_descriptors(
@@ -136,6 +225,7 @@ def decoder_descriptors(
     -------
     :class:`~geomlib.Descriptors` with ``(N,)`` fields, on the CPU.
     """
+    check_latents(latents, "latents")  # the whole batch: bad samples named by their own index
     decoder = latent_decoder(pipe)
     device, dtype = pipe.vae.device, pipe.vae.dtype
     k_used = min(k, int(np.prod(latents.shape[1:]))) if method == "randomized" and k else k
@@ -161,14 +251,6 @@ def decoder_descriptors(
         singular_values=every.singular_values.float().cpu(),
         local_complexity=None if every.local_complexity is None else every.local_complexity.cpu(),
     )
-
-
-def _positive_int(name: str, value: object, *, optional: bool) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        kind = "a positive integer" + (" or None" if optional else "")
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -205,15 +287,13 @@ class DescriptorSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        _positive_int("k", self.k, optional=self.method == "exact")
-        _positive_int("n_dirs", self.n_dirs, optional=False)
-        _positive_int("chunk_size", self.chunk_size, optional=True)
+        positive_int("k", self.k, optional=self.method == "exact")
+        positive_int("n_dirs", self.n_dirs)
+        positive_int("chunk_size", self.chunk_size, optional=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.radius is not None and not (
-            isinstance(self.radius, int | float) and math.isfinite(self.radius) and self.radius > 0
-        ):
-            raise ValueError(f"radius must be a positive finite number or None (no δ), got {self.radius!r}")
+        if self.radius is not None:
+            positive_number("radius (None: no δ)", self.radius)
 
     def key(self) -> dict:
         """The fields as a dict, for cache keys and table columns."""

@@ -55,22 +55,44 @@ def image_size(path: Path) -> tuple[int, int] | str:
         return f"{type(error).__name__}: {error}"
 
 
+#: Pillow's modes of more than 8 bits per sample, and the largest value each holds: Pillow reads
+#: 16-bit grayscale PNG and TIFF as these (16-bit colour arrives already reduced to 8 bits).
+HIGH_DEPTH_MODES: dict[str, int] = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
 def _rgb(image: Image.Image) -> Image.Image:
-    """The image as 8-bit RGB."""
+    """The image as 8-bit RGB; a 16-bit image is scaled to 8 bits first (Pillow's own conversion
+    clips every value above 255, which turns a 16-bit image white)."""
+    if image.mode in HIGH_DEPTH_MODES:
+        scaled = np.asarray(image, dtype=np.float64) * (255 / HIGH_DEPTH_MODES[image.mode])
+        image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        raise ValueError("floating-point images (mode F) have no defined range: save them as 8 or 16 bit")
     return image.convert("RGB")
+
+
+def _resized_float(image: Image.Image, size: tuple[int, int] | None) -> np.ndarray:
+    """``(H, W, 3)`` float32 in ``[0, 1]`` at the image's full bit depth, resized (bicubic)."""
+    if image.mode not in HIGH_DEPTH_MODES:
+        rgb = _rgb(image)
+        if size is not None and rgb.size != (size[1], size[0]):
+            rgb = rgb.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+        return np.asarray(rgb, dtype=np.float32) / 255.0
+    gray = Image.fromarray(np.asarray(image, dtype=np.float32) / HIGH_DEPTH_MODES[image.mode], mode="F")
+    if size is not None and gray.size != (size[1], size[0]):
+        gray = gray.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return np.repeat(np.clip(np.asarray(gray, dtype=np.float32), 0, 1)[..., None], 3, axis=-1)
 
 
 def read_image(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
     """``(3, H, W)`` floats in ``[0, 1]``, resized (bicubic) to ``size = (H, W)`` when given.
 
-    Raises :class:`InputError` when the file cannot be decoded.
+    16-bit grayscale files keep their depth (scaled by 65535, not clipped at 255). Raises
+    :class:`InputError` when the file cannot be decoded.
     """
     try:
         with Image.open(path) as image:
-            rgb = _rgb(image)
-            if size is not None and rgb.size != (size[1], size[0]):
-                rgb = rgb.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-            array = np.asarray(rgb, dtype=np.float32) / 255.0
+            array = _resized_float(image, size)
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise InputError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -33,6 +33,43 @@ class WeightsNotFoundError(FileNotFoundError):
     """The pipeline's weights are neither on disk nor downloadable from here."""
 
 
+class UnsafeWeightsError(ValueError):
+    """The pipeline's weights exist only as pickle files, which can execute code when loaded."""
+
+
+PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+#: The dtypes a pipeline may be loaded in, by name.
+PIPELINE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``dtype`` as a floating ``torch.dtype`` (names such as ``"float16"`` are accepted)."""
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in PIPELINE_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {tuple(PIPELINE_DTYPES)}")
+        return PIPELINE_DTYPES[dtype.removeprefix("torch.")]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype or its name, got {dtype!r}")
+    return dtype
+
+
+def pickle_only_components(folder: Path) -> list[str]:
+    """The component folders of a saved pipeline whose weights are pickle files only."""
+    components = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [p.suffix.lower() for p in sub.iterdir() if p.is_file()]
+        if any(s in PICKLE_SUFFIXES for s in files) and ".safetensors" not in files:
+            components.append(sub.name)
+    return components
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -80,7 +117,9 @@ def resolve_local(name_or_path: str | os.PathLike) -> Path | None:
 def load_pipeline(
     name_or_path: str | os.PathLike = MINI_MODEL,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    allow_pickle: bool = False,
 ) -> SDPipeline:
     """Load a Stable-Diffusion pipeline: a hub id (``CompVis/stable-diffusion-v1-4``), a local
     directory, or the project's offline model (the default).
@@ -90,10 +129,17 @@ def load_pipeline(
     :class:`WeightsNotFoundError` at once, saying what to download or which path to give.
     The safety checker is not loaded. Returns the pipeline on ``device`` (default:
     :func:`geomlib.default_device`) in ``dtype`` (default: as saved), in eval mode.
+
+    Only safetensors weights are read: pickle files (``.bin``, ``.pt``, ``.ckpt``) can run code when
+    loaded. A local folder whose components have only those raises :class:`UnsafeWeightsError`;
+    ``allow_pickle=True`` reads them (diffusers then prefers safetensors where both exist): only
+    for weights from a source you trust.
     """
-    kwargs: dict[str, Any] = dict(safety_checker=None, requires_safety_checker=False)
+    kwargs: dict[str, Any] = dict(
+        safety_checker=None, requires_safety_checker=False, use_safetensors=None if allow_pickle else True
+    )
     if dtype is not None:
-        kwargs["dtype"] = dtype
+        kwargs["dtype"] = _torch_dtype(dtype)
     with quiet_hub_libraries():
         pipe = _from_pretrained(name_or_path, kwargs)
     pipe.set_progress_bar_config(disable=True)
@@ -108,6 +154,13 @@ def _from_pretrained(name_or_path: str | os.PathLike, kwargs: dict) -> SDPipelin
     if local is not None:
         if not (local / "model_index.json").exists():
             raise WeightsNotFoundError(_missing_weights_message(str(local), "it has no model_index.json"))
+        pickled = pickle_only_components(local)
+        if pickled and kwargs["use_safetensors"]:
+            raise UnsafeWeightsError(
+                f"{local}: the weights of {', '.join(pickled)} are pickle files only, which can run code "
+                "when loaded. Convert them to safetensors (diffusers: pipe.save_pretrained(folder)), or "
+                "pass allow_pickle=True if you trust where they come from."
+            )
         pipe = StableDiffusionPipeline.from_pretrained(str(local), local_files_only=True, **kwargs)
     else:
         name = str(name_or_path)

@@ -28,9 +28,10 @@ import torch
 from tqdm import tqdm
 
 import geomlib
+from geomlib.core.checks import positive_int
 from geomlib.core.descriptors import Descriptors
 from geomlib.runtime.profiles import default_device
-from geomlib.sd.decoder import DescriptorSettings, encode_images, latent_shape
+from geomlib.sd.decoder import DescriptorSettings, encode_images, estimate_memory, latent_shape
 from geomlib.sd.hub import SDPipeline
 from geomlib.sd.images import InputError, image_size, read_image
 from geomlib.sd.items import ImageItem, Item, PromptItem, check_images, find_images, prompt_items
@@ -123,6 +124,16 @@ class DescribeRun:
         return "python -m geomlib describe " + " ".join(flags)
 
     def __post_init__(self) -> None:
+        try:
+            positive_int("--batch-size", self.batch_size)
+            positive_int("--limit", self.limit, optional=True)
+            if self.device is not None:
+                default_device(self.device)  # cuda without a GPU, or a name torch does not know
+        except (TypeError, ValueError, RuntimeError) as error:
+            message = str(error).split(" at start of device string")[0]
+            raise InputError(
+                f"--device {self.device}: {message}" if "device" in message.lower() else message
+            ) from error
         if self.dtype not in DTYPES:
             raise InputError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if isinstance(self.source, PromptInput) and self.source.trajectory not in TRAJECTORIES:
@@ -362,6 +373,8 @@ def _descriptors_for(descriptors: DescriptorSettings, pipe: SDPipeline, size: tu
         k = latent_dim
     if descriptors.method == "projected" and k is not None and k > 3 * size[0] * size[1]:
         raise InputError(f"--k {k} is larger than the image dimension 3x{size[0]}x{size[1]}")
+    if descriptors.radius is not None and descriptors.n_dirs > latent_dim:
+        raise InputError(f"--n-dirs {descriptors.n_dirs} is more than the latent dimension {latent_dim}")
     return replace(descriptors, k=k)
 
 
@@ -402,7 +415,9 @@ def run_describe(run: DescribeRun) -> int:
     rank, world = state.process_index, state.num_processes
     device = state.device if world > 1 else default_device(run.device)
     items = _inputs(run)  # before the model: bad inputs fail in seconds
+    _check_writable(Path(run.out))
     job = _job(run, items, device)
+    check_memory(job.pipe, job.settings.height, job.settings.width, job.settings.descriptors)
     prompts = isinstance(run.source, PromptInput)
     schema = _schema(prompts, run.keep_sigma)
     texts = {item.id: item.prompt for item in items if isinstance(item, PromptItem)}
@@ -426,6 +441,45 @@ def run_describe(run: DescribeRun) -> int:
             f"all {world} processes done; join the parts: python -m geomlib merge {run.out}", file=sys.stderr
         )
     return writer.rows_written
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for tensors on ``device``: the GPU's free memory, or the machine's available RAM."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(pipe: SDPipeline, height: int, width: int, descriptors: DescriptorSettings) -> None:
+    """Raise :class:`InputError` when describing one ``height x width`` image would need more memory
+    than the device has free (:func:`~geomlib.sd.decoder.estimate_memory`), saying what helps."""
+    needed = estimate_memory(pipe, height, width, descriptors)
+    free = free_memory(pipe.vae.device)
+    if needed.peak <= free:
+        return
+    gib = 2**30
+    fixes = ["--resize with a smaller --height/--width"]
+    if needed.vertex_pass >= needed.products and descriptors.radius is not None:
+        fixes += [f"a --chunk-size below {2 * descriptors.n_dirs} (vertices per pass)", "fewer --n-dirs"]
+    else:
+        fixes += ["a smaller --chunk-size (products per pass)"]
+    raise InputError(
+        f"describing one {height}x{width} image needs about {needed.peak / gib:.1f} GiB, "
+        f"{free / gib:.1f} GiB are free on {pipe.vae.device}: pass {', or '.join(fixes)}"
+    )
+
+
+def _check_writable(out: Path) -> None:
+    """Raise :class:`InputError` unless parts can be written into ``out`` (made if missing)."""
+    probe = out / f".write-check-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise InputError(f"--out {out}: cannot write there ({error.strerror or error})") from error
 
 
 def describe_to_table(run: DescribeRun) -> pd.DataFrame:

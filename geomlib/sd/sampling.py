@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from geomlib.core.checks import positive_int
 from geomlib.core.diffusion import predicted_x0
+from geomlib.core.jacobian import check_latents
 from geomlib.sd.decoder import decode_latents, latent_shape
 from geomlib.sd.hub import SDPipeline
 
@@ -19,6 +21,7 @@ def initial_latents(
 ) -> torch.Tensor:
     """``(n, 4, h, w)`` standard normal latents; sample ``i`` is drawn on the CPU from seed
     ``seed + i``, so it is the same on every device and whatever ``n`` is."""
+    positive_int("n", n)
     shape = latent_shape(pipe, height, width)
     draws = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)]
     return torch.stack(draws)
@@ -126,14 +129,16 @@ def generate(
         blend of the guided prediction rescaled to the conditional one's standard deviation
         (diffusers' ``guidance_rescale``); ``None``: :func:`default_guidance_rescale`.
     """
-    if isinstance(prompts, str) or not prompts:
-        raise ValueError("prompts must be a non-empty list of strings")
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a non-empty list of strings (for one prompt: [prompt])")
+    positive_int("num_inference_steps", num_inference_steps)
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float):
+        raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}")
     noise = latents if latents is not None else initial_latents(pipe, len(prompts), seed, height, width)
+    check_latents(noise, "latents")
     if len(noise) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(noise)} initial latents")
-    batch_size = batch_size or len(prompts)
+    batch_size = len(prompts) if batch_size is None else positive_int("batch_size", batch_size)
     rescale = resolve_guidance_rescale(pipe, guidance_rescale)
     parts = [
         _generate_batch(

@@ -81,7 +81,13 @@ def done_ids(out: Path, settings: Mapping[str, Any], schema: pa.Schema, prompts:
     files = part_files(out)
     if not files:
         return set()
-    names = set(pq.read_schema(files[0]).names)
+    try:
+        names = set(pq.read_schema(files[0]).names)
+    except (pa.ArrowException, OSError) as error:
+        raise InputError(
+            f"part file {files[0]} cannot be read ({error}); it was not written by this tool's atomic"
+            " writer: move it away and rerun to recompute its rows"
+        ) from error
     if names != set(schema.names):
         raise InputError(
             f"{out} holds parts with other columns ({sorted(names ^ set(schema.names))} "

@@ -35,6 +35,17 @@ def test_every_page_is_built(html):
     assert "geomlib.jacobian_singular_values" in (html / "book/api.html").read_text()
 
 
+def test_no_page_loads_anything_from_the_internet(html):
+    """Stylesheets, scripts and images all come from the book (the offline reader's view)."""
+    remote = re.compile(r'<(?:link|script|img)\b[^>]*\b(?:href|src)="(https?://[^"]+)"')
+    for page in sorted(html.rglob("*.html")):
+        assert not remote.findall(page.read_text()), (
+            f"{page.relative_to(html)} loads {remote.findall(page.read_text())}"
+        )
+    fonts = html / "_static" / "font-awesome" / "fonts" / "fontawesome-webfont.woff2"
+    assert fonts.exists()  # what the sliders' play buttons need
+
+
 def render(page: Path, screenshot: Path) -> tuple[str, str]:
     """The DOM after scripts ran, and Chromium's log; also saves a screenshot."""
     flags = [

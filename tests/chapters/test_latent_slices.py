@@ -31,3 +31,15 @@ def test_plane_rejects_collinear_anchors():
         latent_slices.latent_plane(torch.stack([a, 2 * a, 3 * a]))
     with pytest.raises(ValueError, match="shape"):
         latent_slices.latent_plane(torch.randn(2, 4, 8, 8))
+
+
+def test_plane_rejects_repeated_and_nan_anchors():
+    a, b = torch.randn(4, 8, 8), torch.randn(4, 8, 8)
+    with pytest.raises(ValueError, match="the same latent"):
+        latent_slices.latent_plane(torch.stack([a, a, b]))
+    bad = torch.stack([a, b, torch.randn(4, 8, 8)])
+    bad[2, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf values \(samples \[2\]\)"):
+        latent_slices.latent_plane(bad)
+    with pytest.raises(ValueError, match="at least 2 grid points"):
+        latent_slices.latent_plane(torch.stack([a, b, torch.randn(4, 8, 8)]), resolution=1)

@@ -1,6 +1,8 @@
 """Descriptors against closed forms and analytic counts."""
 
+import copy
 import math
+import re
 
 import pytest
 import torch
@@ -147,7 +149,7 @@ def test_named_layers_and_image_shaped_inputs():
         ({"radius": -1.0, "n_dirs": 2}, "radius"),
         ({"radius": math.nan, "n_dirs": 2}, "radius"),
         ({"radius": 0.1}, "n_dirs"),
-        ({"radius": 0.1, "n_dirs": 9}, "k <= 5"),
+        ({"radius": 0.1, "n_dirs": 9}, "n_dirs=9 is more directions than the latent dimension E=5"),
         ({"radius": 0.1, "directions": torch.ones(2, 5, dtype=torch.float64)}, "orthonormal"),
         ({"radius": 0.1, "directions": torch.eye(4, dtype=torch.float64)}, "shape"),
         ({"radius": 0.1, "n_dirs": 2, "layers": ["nope"]}, "not found"),
@@ -178,3 +180,92 @@ def test_describe_bundles_the_three_descriptors():
     assert describe(net, z).local_complexity is None
     with pytest.raises(ValueError, match="nn.Module"):
         describe(lambda x: net(x), z, radius=0.2, n_dirs=3)
+
+
+# ------------------------------------------------------------------------------- bad inputs
+
+
+def _relu_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+
+
+def _complexity(**options):
+    defaults = dict(radius=0.1, n_dirs=2)
+    return local_complexity(_relu_net(), options.pop("z", torch.zeros(2, 3)), **{**defaults, **options})
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: local_scaling(torch.ones(2, 3), tol=float("nan")), ValueError, "tol must be a finite"),
+        (lambda: local_scaling(torch.ones(2, 3, dtype=torch.int64)), TypeError, "floating tensor"),
+        (lambda: local_rank(torch.tensor([[True, False]])), TypeError, "floating tensor"),
+        (lambda: _complexity(radius=1e39), ValueError, "overflows"),
+        (lambda: _complexity(layers="1"), TypeError, "layers=['1']"),
+        (lambda: _complexity(n_dirs=2.0), TypeError, "n_dirs"),
+        (lambda: _complexity(n_dirs=5), ValueError, "n_dirs=5 is more"),
+        (lambda: _complexity(z=torch.zeros(0, 3)), ValueError, "empty"),
+        (lambda: describe(_relu_net(), torch.zeros(2, 3), method="projected", k=2.0), TypeError, "k must be"),
+        (lambda: describe(_relu_net(), torch.zeros(2, 3), chunk_size=1.5), TypeError, "chunk_size"),
+        (lambda: describe(_relu_net(), torch.zeros(2, 3), radius=math.inf, n_dirs=2), ValueError, "radius"),
+    ],
+    ids=[
+        "tol-nan", "int-sigma", "bool-sigma", "radius-overflow", "layers-string", "n_dirs-float",
+        "n_dirs-too-many", "empty-batch", "k-float", "chunk-float", "radius-inf",
+    ],
+)  # fmt: skip
+def test_bad_arguments_name_themselves(call, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        call()
+
+
+class _WithSpareUnit(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net, self.spare = _relu_net(), torch.nn.ReLU()  # spare: registered, never called
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_hooked_module_that_never_runs_is_an_error():
+    with pytest.raises(ValueError, match="never called"):
+        local_complexity(_WithSpareUnit(), torch.zeros(2, 3), radius=0.1, n_dirs=2, layers=["spare"])
+
+
+def test_batch_norm_in_training_mode_is_refused_and_eval_mode_is_fine():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU())
+    with pytest.raises(ValueError, match="model.eval"):
+        describe(net, torch.randn(4, 3))
+    assert describe(net.eval(), torch.randn(4, 3)).local_scaling.shape == (4,)
+
+
+def test_nan_latents_are_named_by_their_index():
+    z = torch.zeros(5, 3)
+    z[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=re.escape("samples [3]")):
+        describe(_relu_net(), z)
+
+
+def test_chunked_vertex_passes_count_what_one_pass_counts():
+    """δ from vertices split over passes of 3 equals δ from one pass (float64: no rounding in the way)."""
+    net = _relu_net().double()
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    whole = local_complexity(net, z, radius=0.5, n_dirs=3)
+    parts = local_complexity(net, z, radius=0.5, n_dirs=3, chunk_size=2)  # 2 of 6 vertices a pass
+    assert torch.equal(whole, parts)
+
+
+def test_half_precision_counts_signs_in_float32():
+    """A bfloat16 model and latents give the float32 count of the same (bfloat16-rounded) points,
+    and the model's own dtype is restored afterwards."""
+    net = _relu_net()
+    z = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
+    half = copy.deepcopy(net).to(torch.bfloat16)
+    counted = local_complexity(half, z.to(torch.bfloat16), radius=0.3, n_dirs=3)
+    reference = local_complexity(
+        copy.deepcopy(half).float(), z.to(torch.bfloat16).float(), radius=0.3, n_dirs=3
+    )
+    assert torch.equal(counted, reference)
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())

@@ -167,7 +167,6 @@ def test_results_carry_no_graph():
         (torch.randn(6), {}, "batch axis"),
         (torch.tensor([[0.0, math.nan, 0, 0, 0, 0]]), {}, "NaN or inf"),
         (torch.tensor([[0.0, math.inf, 0, 0, 0, 0]]), {}, "NaN or inf"),
-        (torch.zeros(2, 6, dtype=torch.int64), {}, "floating"),
         (torch.randn(2, 6), {"method": "projected", "k": 10}, "larger than the output"),
         (torch.randn(2, 6), {"method": "projected"}, "needs a positive sketch size"),
         (torch.randn(2, 6), {"method": "randomized", "k": 7}, "min\\(E, D\\)"),
@@ -179,6 +178,14 @@ def test_bad_input_raises_clear_value_error(z, kwargs, message):
     net = smooth_mlp(6, 9).float()
     with pytest.raises(ValueError, match=message):
         jacobian_singular_values(net, z, **kwargs)
+
+
+def test_wrong_kinds_of_argument_raise_type_errors_that_say_the_fix():
+    net = smooth_mlp(6, 9).float()
+    with pytest.raises(TypeError, match=r"floating tensor.*z.float\(\)"):
+        jacobian_singular_values(net, torch.zeros(2, 6, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"k must be a positive integer.*use 4"):
+        jacobian_singular_values(net, torch.randn(2, 6), method="projected", k=4.0)
 
 
 def test_function_with_wrong_batch_contract_is_rejected():

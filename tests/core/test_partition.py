@@ -330,3 +330,13 @@ def test_nested_sequential_and_traced_chain() -> None:
 def test_unsupported_raises(net: nn.Module, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         exact_partition(net, BOX)
+
+
+def test_locate_and_bounds_refuse_what_they_cannot_mean():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)).double()
+    part = exact_partition(net, bounds=(-1, 1, -1, 1))
+    with pytest.raises(ValueError, match=r"shape \(P, 2\), got \(4, 3\)"):
+        part.locate(torch.zeros(4, 3))
+    assert part.locate(torch.zeros(2)).shape == (1,)  # one point
+    with pytest.raises(ValueError, match="overflow float64"):
+        exact_partition(net, bounds=(-1e300, 1e300, -1e300, 1e300))

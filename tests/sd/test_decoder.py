@@ -2,6 +2,9 @@
 ``vae.decode``, its spectrum against finite differences in float64, δ on its SiLUs, the encoder's
 posterior means, and descriptors that do not depend on the batch."""
 
+import math
+import re
+
 import pytest
 import torch
 
@@ -108,3 +111,47 @@ def test_batched_describe_stays_within_its_stated_tolerance(mini_batch):
     for name, tolerance in geomlib.BATCH_TOLERANCE.items():
         got, want = getattr(batched, name).double(), getattr(single, name).double()
         assert ((got - want).abs() <= tolerance * want.abs()).all(), name
+
+
+# ------------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    ("images", "error", "message"),
+    [
+        (torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8), TypeError, "images.float() / 255"),
+        (torch.full((1, 3, 16, 16), 200.0), ValueError, "images / 255"),
+        (torch.full((1, 3, 16, 16), -0.9), ValueError, "(images + 1) / 2"),
+        (torch.full((1, 3, 16, 16), math.nan), ValueError, "NaN"),
+        (torch.rand(1, 3, 15, 16), ValueError, "multiples of the VAE factor"),
+        (torch.rand(1, 3, 1, 1), ValueError, "multiples of the VAE factor"),
+    ],
+    ids=["uint8", "0-255", "minus-one-to-one", "nan", "odd-size", "one-pixel"],
+)
+def test_encode_images_checks_dtype_range_finiteness_and_size(pipe, images, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        decoder.encode_images(pipe, images)
+
+
+def test_nan_latents_and_empty_batches_are_refused_by_name(pipe):
+    z = torch.zeros(3, 4, 8, 8)
+    z[2, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=re.escape("latents contains NaN or inf values (samples [2])")):
+        decoder.decode_latents(pipe, z)
+    with pytest.raises(ValueError, match=re.escape("samples [2]")):  # its own index, not its batch's
+        decoder.decoder_descriptors(pipe, z, k=4, radius=None, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        decoder.decoder_descriptors(pipe, torch.zeros(0, 4, 8, 8), k=4, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        decoder.encode_images(pipe, torch.rand(2, 3, 16, 16), batch_size=0)
+    with pytest.raises(ValueError, match="height must be a positive integer"):
+        decoder.latent_shape(pipe, -8, 16)
+
+
+def test_descriptor_settings_name_what_is_wrong():
+    with pytest.raises(TypeError, match=r"k must be a positive integer.*use 8"):
+        decoder.DescriptorSettings(k=8.0)
+    with pytest.raises(ValueError, match="radius"):
+        decoder.DescriptorSettings(radius=math.inf)
+    with pytest.raises(ValueError, match="method must be one of"):
+        decoder.DescriptorSettings(method="svd")

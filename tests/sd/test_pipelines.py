@@ -42,3 +42,12 @@ def test_missing_hub_weights_fail_fast_and_say_what_to_download(monkeypatch, tmp
     assert time.monotonic() - started < 10
     message = str(error.value)
     assert f"hf download {pipelines.SD14}" in message and "data/mini-sd" in message
+
+
+def test_dtype_by_name_or_a_clear_error(saved_pipeline):
+    folder, _ = saved_pipeline
+    assert pipelines.load_pipeline(folder, device="cpu", dtype="float16").vae.dtype == torch.float16
+    with pytest.raises(ValueError, match="not one of"):
+        pipelines.load_pipeline(folder, device="cpu", dtype="half-ish")
+    with pytest.raises(TypeError, match="floating torch.dtype"):
+        pipelines.load_pipeline(folder, device="cpu", dtype=torch.int8)

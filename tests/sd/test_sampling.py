@@ -77,3 +77,14 @@ def test_trajectory_follows_the_ddim_update(pipe, zero_terminal_snr):
         eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         torch.testing.assert_close(out.trajectory[i + 1].double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_generate_refuses_nan_noise_and_an_empty_batch_size(pipe):
+    noise = sampling.initial_latents(pipe, 2, seed=0)
+    noise[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"latents contains NaN or inf values \(samples \[1\]\)"):
+        sampling.generate(pipe, PROMPTS[:2], latents=noise, num_inference_steps=2)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        sampling.generate(pipe, PROMPTS[:2], num_inference_steps=2, batch_size=0)
+    with pytest.raises(ValueError, match=r"\[prompt\]"):
+        sampling.generate(pipe, "a cat", num_inference_steps=2)

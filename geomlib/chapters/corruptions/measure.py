@@ -28,6 +28,7 @@ from geomlib.chapters.corruptions.corrupt import (
 )
 from geomlib.core.descriptors import DESCRIPTOR_NAMES
 from geomlib.runtime.cache import ResultCache, atomic_write
+from geomlib.runtime.profiles import count
 from geomlib.sd.decoder import DescriptorSettings, encode_images
 from geomlib.sd.mini.world import World
 from geomlib.sd.pipelines import pipeline_resolution
@@ -48,7 +49,7 @@ class CorruptionBudget:
         of the command-line path): what an interruption can lose.
     """
 
-    n_images: int
+    n_images: int = count(2)
     corruptions: tuple[str, ...]
     severities: tuple[int, ...]
     descriptors: DescriptorSettings

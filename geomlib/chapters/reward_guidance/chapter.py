@@ -32,10 +32,11 @@ from geomlib.chapters.reward_guidance.model import (
 )
 from geomlib.core.stats import mean_interval
 from geomlib.runtime.cache import model_fingerprint, settings_key
+from geomlib.runtime.profiles import count
 from geomlib.sd.decoder import DescriptorSettings, decode_latents
 from geomlib.sd.hub import SDPipeline
 from geomlib.sd.mini.world import World, caption
-from geomlib.sd.pipelines import SD14, pipeline_resolution, world_for_model
+from geomlib.sd.pipelines import pipeline_resolution, world_for_model
 
 
 @dataclass(frozen=True)
@@ -58,28 +59,28 @@ class RewardBudget:
         a busy 2-core CPU; measured).
     """
 
-    n_train: int
-    n_val: int
-    shard_size: int
+    n_train: int = count(24)
+    n_val: int = count(8)
+    shard_size: int = count(8)
     psi: DescriptorSettings
-    psi_part_size: int
+    psi_part_size: int = count(8)
     net_width: int
     net_depth: int
-    train_steps: int
-    train_batch: int
-    eval_every: int
-    n_sweep: tuple[int, ...]
-    n_samples: int
-    n_baseline_bins: int
-    steps: int
+    train_steps: int = count(10)
+    train_batch: int = count(8)
+    eval_every: int = count(5)
+    n_sweep: tuple[int, ...] = count((8,))
+    n_samples: int = count(8)
+    n_baseline_bins: int = count(2)
+    steps: int = count(3)
     guidance_scale: float
     rhos: tuple[float, ...]
     grid_rhos: tuple[float, ...]
-    n_grid: int
+    n_grid: int = count(2)
     sweep_rhos: tuple[float, ...]
-    sweep_samples: int
-    sample_batch: int
-    widget_steps: int
+    sweep_samples: int = count(4)
+    sample_batch: int = count(4)
+    widget_steps: int = count(2)
     cpu_threads: int | None = 1
 
 
@@ -128,11 +129,6 @@ DREAMBOOTH_LIVE_SUBJECTS: tuple[str, ...] = ("dog", "cat")
 # fmt: on
 
 
-def is_stable_diffusion(model: str) -> bool:
-    """Whether ``model`` names Stable Diffusion (real prompts) rather than the mini world."""
-    return model == SD14 or "stable-diffusion" in str(model)
-
-
 def world_for(pipe: SDPipeline, model: str) -> World:
     """The procedural world of ``model`` (:func:`geomlib.sd.pipelines.world_for_model`), or a default one
     at the pipeline's size for a model without one (Stable Diffusion)."""
@@ -143,7 +139,7 @@ def world_for(pipe: SDPipeline, model: str) -> World:
 def guidance_prompts(model: str, n: int, seed: int = 0, world: World | None = None) -> list[str]:
     """``n`` prompts: DreamBooth's live-subject templates for SD (templates, then subjects, cycled);
     otherwise full captions of random scenes of the mini world's grammar (training combinations)."""
-    if is_stable_diffusion(model):
+    if world_for_model(model) is None:  # Stable Diffusion, or any model of real captions
         return [
             DREAMBOOTH_LIVE_TEMPLATES[i % len(DREAMBOOTH_LIVE_TEMPLATES)].format(
                 DREAMBOOTH_LIVE_SUBJECTS[

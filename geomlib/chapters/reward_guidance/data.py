@@ -289,7 +289,7 @@ def prepare_reward_data(
         for shard in range(n_shards):
             start, stop = shard * shard_size, min((shard + 1) * shard_size, n)
             path = folder / f"shard-{shard:05d}.pt"
-            if not path.exists() or len(torch.load(path)["ids"]) < stop - start:
+            if not path.exists() or len(torch.load(path, weights_only=True)["ids"]) < stop - start:
                 save_atomic(_compute_shard(pipe, source, start, stop, psi, noise_seed, psi_lookup), path)
             bar.update(stop - start)
     return load_reward_data(folder, n)
@@ -300,7 +300,7 @@ def load_reward_data(folder: str | os.PathLike, n: int | None = None) -> RewardD
     paths = sorted(Path(folder).glob("shard-*.pt"))
     if not paths:
         raise ValueError(f"no reward data shards in {folder}: run prepare_reward_data first")
-    shards = [torch.load(path) for path in paths]
+    shards = [torch.load(path, weights_only=True) for path in paths]
     merged = RewardData(
         clean=torch.cat([s["clean"] for s in shards]),
         psi=torch.cat([s["psi"] for s in shards]),

@@ -242,7 +242,7 @@ def train_reward_model(
 def _resume(checkpoint, identity: dict, net: RewardNet, optimiser) -> tuple[int, list[dict]]:
     if checkpoint is None or not Path(checkpoint).exists():
         return 0, []
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     if state["identity"] != identity:
         raise ValueError(
             f"{checkpoint} was trained with other settings or data: use another path or delete it"
@@ -254,7 +254,7 @@ def _resume(checkpoint, identity: dict, net: RewardNet, optimiser) -> tuple[int,
 
 def load_reward_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedReward:
     """A reward model saved by :func:`train_reward_model` (weights, bin edges and history)."""
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     net = RewardNet(RewardNetConfig(**state["identity"]["net"]))
     net.load_state_dict(state["state"])
     return TrainedReward(

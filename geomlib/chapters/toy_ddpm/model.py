@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from geomlib.core.diffusion import forward_noise, linear_alpha_bar
 from geomlib.runtime.cache import content_key, save_atomic, settings_key
-from geomlib.runtime.profiles import torch_threads
+from geomlib.runtime.profiles import count, torch_threads
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,11 @@ class ToyDdpmBudget:
     time_dim: int
     batch_size: int
     lr: float
-    n_iters: int
-    checkpoints: tuple[int, ...]
-    n_samples: int
-    grid: int
-    n_timesteps: int
+    n_iters: int = count(30)
+    checkpoints: tuple[int, ...] = count((10, 30))
+    n_samples: int = count(100)
+    grid: int = count(12)
+    n_timesteps: int = count(3)
     radius: float
 
 

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from geomlib.core.descriptors import DESCRIPTOR_NAMES
 from geomlib.runtime.cache import ResultCache
+from geomlib.runtime.profiles import count
 from geomlib.sd.decoder import DescriptorSettings, decode_latents
 from geomlib.sd.sampling import generate, initial_latents
 
@@ -36,14 +37,14 @@ class TrajectoryBudget:
     latents_per_save : steps described between two saves of the cache.
     """
 
-    steps: int
-    n_memorised: int
-    n_normal: int
-    n_seeds: int
+    steps: int = count(3)
+    n_memorised: int = count(2)
+    n_normal: int = count(2)
+    n_seeds: int = count(1)
     guidance: float
     guidance_scales: tuple[float, ...]
-    n_guidance_prompts: int
-    last_steps: int
+    n_guidance_prompts: int = count(1)
+    last_steps: int = count(1)
     descriptors: DescriptorSettings
     latents_per_save: int = 16
 

@@ -28,13 +28,16 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from geomlib.runtime.seeding import seeded_global_rng
 from geomlib.sd.hub import SDPipeline, StableDiffusionPipeline
 
-SIZES: tuple[str, ...] = ("tiny", "mini", "sd14")
+#: ``sd14-small``: SD 1.4's layout (a factor-8 VAE of four blocks, a UNet of three cross-attention
+#: levels and one plain level, 77 tokens) with small widths: what a dry run of the paper path loads.
+SIZES: tuple[str, ...] = ("tiny", "mini", "sd14", "sd14-small")
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 VAE_CONFIGS: dict[str, dict] = {
     "tiny": dict(block_out_channels=(32, 32), layers_per_block=1, sample_size=16),
     "mini": dict(block_out_channels=(32, 32, 64), layers_per_block=1, sample_size=32),
     "sd14": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
+    "sd14-small": dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=64),
 }
 UNET_CONFIGS: dict[str, dict] = {
     "tiny": dict(
@@ -61,6 +64,14 @@ UNET_CONFIGS: dict[str, dict] = {
         attention_head_dim=8,
         cross_attention_dim=768,
     ),
+    "sd14-small": dict(
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        layers_per_block=1,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+    ),
 }
 TEXT_CONFIGS: dict[str, dict] = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
@@ -73,9 +84,16 @@ TEXT_CONFIGS: dict[str, dict] = {
         vocab_size=49408,
         hidden_act="quick_gelu",
     ),
+    "sd14-small": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        hidden_act="quick_gelu",
+    ),
 }
-MAX_TOKENS: dict[str, int] = {"tiny": 24, "mini": 24, "sd14": 77}
-ZERO_TERMINAL_SNR: dict[str, bool] = {"tiny": False, "mini": True, "sd14": False}
+MAX_TOKENS: dict[str, int] = {"tiny": 24, "mini": 24, "sd14": 77, "sd14-small": 77}
+ZERO_TERMINAL_SNR: dict[str, bool] = {"tiny": False, "mini": True, "sd14": False, "sd14-small": False}
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 

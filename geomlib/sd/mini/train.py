@@ -107,7 +107,7 @@ def _batch_indices(
 
 
 def _resume_state(path: Path, resume: bool) -> dict | None:
-    return torch.load(path, weights_only=False) if resume and path.exists() else None
+    return torch.load(path, weights_only=True) if resume and path.exists() else None
 
 
 def train_vae(
@@ -284,7 +284,7 @@ def _vae_phase(pipe, images, n_train, config, work, log, resume, device):
     vae, losses = train_vae(pipe.vae.to(device), images.to(device), n_train, config, work, log, resume)
     cache = work / "latents.pt"
     if resume and cache.exists():
-        mean, std = torch.load(cache)
+        mean, std = torch.load(cache, weights_only=True)
     else:
         mean, std = (t.cpu() for t in encode_dataset(vae, images.to(device)))
         save_atomic((mean, std), cache)
@@ -301,7 +301,7 @@ def _classifier_phase(pipe, images, latents, scenes, n_train, config, work, log,
     path = work / "classifier.pt"
     if resume and path.exists():
         classifier = quality.AttributeClassifier()
-        classifier.load_state_dict(torch.load(path))
+        classifier.load_state_dict(torch.load(path, weights_only=True))
         return classifier.eval()
     labels = quality.attribute_labels(scenes[:n_train])
     n_rebuilt = min(config.classifier_reconstructions, n_train)
