@@ -418,3 +418,12 @@ def test_the_memory_estimate_scales_with_the_pixels_and_the_vertices(tiny_model)
     chunked = estimate_memory(pipe, 64, 64, DescriptorSettings(k=8, radius=0.1, n_dirs=4, chunk_size=2))
     assert large.vertex_pass == pytest.approx(16 * small.vertex_pass, rel=0.01)
     assert chunked.vertex_pass == pytest.approx(large.vertex_pass / 4, rel=0.01)  # 2 of 8 vertices a pass
+
+
+def test_one_pixel_images_exit_2_and_say_resize(tiny_model, tmp_path, capsys):
+    folder = tmp_path / "dots"
+    folder.mkdir()
+    Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(folder / "a.png")
+    assert describe_images(tiny_model, folder, tmp_path / "d.parquet") == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "multiples of the VAE factor" in err and "--resize" in err and "Traceback" not in err

@@ -70,7 +70,7 @@ def build_pipeline_folder(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
-def build_image_folder(folder: Path, *, classes: int = 3, per_class: int = 3, seed: int = 0) -> Path:
+def build_image_folder(folder: Path, *, classes: int = 4, per_class: int = 4, seed: int = 0) -> Path:
     """An ImageNet-style folder: ``classes`` sub-folders of smooth random images, at least
     ``IMAGE_SIDE`` px, as JPEG, PNG and TIFF in turn (kept if it is there already)."""
     if folder.exists() and any(folder.iterdir()):
@@ -81,7 +81,9 @@ def build_image_folder(folder: Path, *, classes: int = 3, per_class: int = 3, se
         (folder / f"n{c:08d}").mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             coarse = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-            image = Image.fromarray(coarse).resize((IMAGE_SIDE + 8 * i, IMAGE_SIDE + 16 * c), Image.BICUBIC)
+            image = Image.fromarray(coarse).resize(
+                (IMAGE_SIDE + 8 * i, IMAGE_SIDE + 16 * c), Image.Resampling.BICUBIC
+            )
             image.save(folder / f"n{c:08d}" / f"img{i}{suffixes[(c + i) % len(suffixes)]}")
     return folder
 
@@ -102,6 +104,12 @@ def write_prompt_files(folder: Path) -> dict[str, Path]:
     pd.DataFrame({"caption": normal}).to_csv(files["csv"], index=False)
     pd.DataFrame({"prompt": normal}).to_csv(files["tsv"], sep="\t", index=False)
     pd.DataFrame({"prompt": normal}).to_parquet(files["parquet"])
+    from geomlib.sd.images import read_prompts
+
+    for kind, path in files.items():  # the one reader gives the same prompts from every format
+        expected = memorised if path.stem == "memorised" else normal
+        if read_prompts(path) != expected:
+            raise RuntimeError(f"the {kind} prompt file {path} reads as {read_prompts(path)}")
     return files
 
 

@@ -116,6 +116,21 @@ def describe_failure(error: Exception) -> str:
     return f"{where}: {ename}: {str(evalue).strip().splitlines()[-1] if str(evalue).strip() else ''}"
 
 
+def declared_parameters(notebook: Path) -> set[str]:
+    """The names assigned in ``notebook``'s cell tagged ``parameters`` (what papermill may set)."""
+    import ast
+
+    cells = json.loads(notebook.read_text())["cells"]
+    names: set[str] = set()
+    for cell in cells:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            for node in tree.body:
+                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+                names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
 def run_notebook(
     notebook: Path, out_dir: Path, parameters: dict, *, cell_timeout: int = 1800, force: bool = False
 ) -> NotebookRun:
@@ -162,17 +177,25 @@ def run_all(
 ) -> list[NotebookRun]:
     """Run every notebook (failures do not stop the others) and write the summary table.
 
-    ``extra`` parameters (e.g. ``{"imagenet_folder": "/data/imagenet"}``) are injected into every
-    notebook; papermill warns about, and a notebook ignores, those it does not declare.
+    ``extra`` parameters (e.g. ``{"imagenet_folder": "/data/imagenet"}``) go to the notebooks that
+    declare them in their parameters cell; one that no notebook declares is a ``ValueError`` (a
+    misspelt name would otherwise be ignored silently).
     """
     parameters: dict[str, object] = {"profile": profile}
     parameters.update({k: v for k, v in {"device": device, "model": model}.items() if v})
     parameters.update(extra or {})
+    declared = {notebook: declared_parameters(notebook) for notebook in notebooks}
+    unknown = sorted(set(extra or {}) - set().union(*declared.values()))
+    if unknown:
+        raise ValueError(
+            f"no notebook has the parameter(s) {unknown}: check the names in their parameters cells"
+        )
     out_dir = BUILD / "executed" / profile
     runs = []
     for notebook in notebooks:
         print(f"== {notebook.name} (profile={profile})", flush=True)
-        runs.append(run_notebook(notebook, out_dir, parameters, cell_timeout=cell_timeout, force=force))
+        own = {k: v for k, v in parameters.items() if k in declared[notebook]}
+        runs.append(run_notebook(notebook, out_dir, own, cell_timeout=cell_timeout, force=force))
     table = format_table(runs, profile)
     print(table)
     BUILD.mkdir(exist_ok=True)
@@ -253,19 +276,22 @@ def main(argv: list[str] | None = None) -> int:
     malformed = [item for item in args.param if "=" not in item]
     if malformed:
         parser.error(f"--param takes NAME=VALUE, got {malformed}")
-    extra = dict(item.split("=", 1) for item in args.param)
+    extra: dict[str, object] = dict(item.split("=", 1) for item in args.param)
     notebooks = discover(only=args.only)
     if not notebooks and args.only:
         parser.error(f"no notebook matches {args.only}")
-    runs = run_all(
-        notebooks,
-        args.profile,
-        device=args.device,
-        model=args.model,
-        extra=extra,
-        cell_timeout=args.cell_timeout,
-        force=args.force,
-    )
+    try:
+        runs = run_all(
+            notebooks,
+            args.profile,
+            device=args.device,
+            model=args.model,
+            extra=extra,
+            cell_timeout=args.cell_timeout,
+            force=args.force,
+        )
+    except ValueError as error:
+        parser.error(str(error))
     failed = [run for run in runs if run.status == "failed"]
     for run in failed:
         print(f"FAILED {run.name}: {run.error}", file=sys.stderr)

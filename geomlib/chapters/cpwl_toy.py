@@ -19,7 +19,7 @@ are spread thin. On the graph of ``h`` the Jacobian is ``[I; grad h]`` and
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -65,13 +65,13 @@ class CpwlBudget:
 
     width: int
     depth: int
-    steps: int = count(30)
+    steps: int = field(metadata=count(30))
     batch_size: int
     lr: float
-    n_samples: int = count(400)
+    n_samples: int = field(metadata=count(400))
     bandwidth: float
-    grid: int = count(11)
-    snapshot_steps: tuple[int, ...] = count((0, 10, 30))
+    grid: int = field(metadata=count(11))
+    snapshot_steps: tuple[int, ...] = field(metadata=count((0, 10, 30)))
 
 
 CPWL_BUDGETS: dict[str, CpwlBudget] = {

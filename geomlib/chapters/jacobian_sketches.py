@@ -8,7 +8,7 @@ the sketched ψ and ν rank latents compared with the exact ones, and what each 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -31,9 +31,9 @@ class SketchingBudget:
     ``4 x latent_size x latent_size``, decoder ``widths``), sketches of sizes ``ks``, randomized
     SVD with each of ``power_iters``."""
 
-    n_latents: int = count(2)
-    ks: tuple[int, ...]
-    power_iters: tuple[int, ...]
+    n_latents: int = field(metadata=count(2))
+    ks: tuple[int, ...] = field(metadata=count((8, 120)))  # a dry run keeps the extremes
+    power_iters: tuple[int, ...] = field(metadata=count((1,)))
     latent_size: int
     widths: tuple[int, ...]
 

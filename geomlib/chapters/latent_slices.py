@@ -4,7 +4,7 @@ Fig. 3), and the decoder's ψ, ν, δ on a grid over each slice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,11 +24,11 @@ class SliceBudget:
     ``descriptors`` there (δ's ``radius`` in latent units), ``steps`` sampler steps for the three
     anchors, a ``mosaic x mosaic`` grid of decoded images, and the live widget's resolution."""
 
-    resolution: int = count(3)
+    resolution: int = field(metadata=count(3))
     descriptors: DescriptorSettings
-    steps: int = count(3)
-    mosaic: int = count(2)
-    widget_resolution: int = count(2)
+    steps: int = field(metadata=count(3))
+    mosaic: int = field(metadata=count(2))
+    widget_resolution: int = field(metadata=count(2))
 
 
 SLICE_BUDGETS: dict[str, SliceBudget] = {

@@ -153,8 +153,9 @@ def _resolve_directions(
 
 
 #: Vertex passes of half-precision inputs run in float32: in bfloat16 a pre-activation within
-#: rounding of zero changes sign between vertices that float32 keeps on one side, which inflated δ
-#: on the mini decoder by about 7 % (measured before this rule).
+#: rounding of zero changes sign between vertices that float32 keeps on one side. Measured on the
+#: mini decoder (4 latents, 8 directions): δ in bfloat16 was 7.9 % above float32's; with this rule a
+#: bfloat16 model gives δ within 0.6 % of float32's (its weights and latents are still rounded).
 SIGN_PRECISION = torch.float32
 
 

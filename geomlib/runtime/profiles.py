@@ -45,10 +45,10 @@ BudgetT = TypeVar("BudgetT")
 DRY_RUN = "dry_run"
 
 
-def count(dry_run: Any) -> Any:
-    """A budget field that counts work (images, prompts, steps, seeds, grid points): its value in
-    a dry run is ``dry_run``. ``n_images: int = count(2)`` declares the field without a default."""
-    return dataclasses.field(metadata={DRY_RUN: dry_run})
+def count(dry_run: Any) -> dict[str, Any]:
+    """The metadata of a budget field that counts work (images, prompts, steps, seeds, grid
+    points): its value in a dry run is ``dry_run``. ``n_images: int = field(metadata=count(2))``."""
+    return {DRY_RUN: dry_run}
 
 
 def shrink_counts(budget: BudgetT) -> BudgetT:

@@ -81,3 +81,15 @@ def test_malformed_param_is_a_usage_error():
 
 
 # ------------------------------------------------------------------------- live controls
+
+
+def test_parameters_go_only_to_notebooks_that_declare_them_and_a_misspelt_one_is_an_error(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(runner, "BUILD", tmp_path / "_build")
+    plain = tmp_path / "01_plain.ipynb"
+    write_notebook(plain, "print('ran')")
+    (run,) = runner.run_all([plain], "smoke", extra={"profile": "smoke"})
+    assert run.status == "ok"
+    with pytest.raises(ValueError, match="imagenet_fodler"):
+        runner.run_all([plain], "smoke", extra={"imagenet_fodler": "/data"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +49,9 @@ class CorruptionBudget:
         of the command-line path): what an interruption can lose.
     """
 
-    n_images: int = count(2)
-    corruptions: tuple[str, ...]
-    severities: tuple[int, ...]
+    n_images: int = field(metadata=count(2))
+    corruptions: tuple[str, ...] = field(metadata=count(("gaussian_noise", "defocus_blur", "contrast")))
+    severities: tuple[int, ...] = field(metadata=count((0, 5)))
     descriptors: DescriptorSettings
     images_per_entry: int = 64
 

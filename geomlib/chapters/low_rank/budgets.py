@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from geomlib.runtime.profiles import count
 
@@ -26,24 +26,24 @@ class LowRankBudget:
 
     dim: int
     ranks: tuple[int, ...]
-    n_points: int = count(4)
-    t_fractions: tuple[float, ...] = count((0.05, 0.5, 0.95))
-    train_size: int = count(64)
-    train_steps: int = count(20)
+    n_points: int = field(metadata=count(4))
+    t_fractions: tuple[float, ...] = field(metadata=count((0.05, 0.5, 0.95)))
+    train_size: int = field(metadata=count(64))
+    train_steps: int = field(metadata=count(20))
     hidden: int
     depth: int
     batch_size: int
-    sweep_sizes: tuple[int, ...] = count((2, 8))
-    sweep_steps: int = count(20)
-    n_generated: int = count(16)
-    sampling_steps: int = count(5)
+    sweep_sizes: tuple[int, ...] = field(metadata=count((2, 8)))
+    sweep_steps: int = field(metadata=count(20))
+    n_generated: int = field(metadata=count(16))
+    sampling_steps: int = field(metadata=count(5))
     sweep_t_fraction: float
     edit_k: int
     edit_t_fraction: float
-    image_steps: int = count(3)
+    image_steps: int = field(metadata=count(3))
     edit_strengths: tuple[float, ...]
     edit_power_iters: int
-    latent_t_fractions: tuple[float, ...] = count((0.3, 0.7))
+    latent_t_fractions: tuple[float, ...] = field(metadata=count((0.3, 0.7)))
     n_latents: int
     latent_spectrum_k: int | None
     guidance_scale: float

@@ -4,7 +4,7 @@ folder so that a rerun reuses the data and the reward models."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,33 +55,35 @@ class RewardBudget:
     steps, guidance_scale : the DDIM sampler and its classifier-free guidance.
     rhos, grid_rhos, n_grid, sweep_rhos, sweep_samples : the guidance weights of each experiment.
     sample_batch : samples per sampler call; widget_steps : the live widget's sampler steps.
+    examples_per_level_set : images shown per ψ level set.
     cpu_threads : torch threads on a CPU (small convolutions: two threads' spin-waits cost 3-16x on
         a busy 2-core CPU; measured).
     """
 
-    n_train: int = count(24)
-    n_val: int = count(8)
-    shard_size: int = count(8)
+    n_train: int = field(metadata=count(12))
+    n_val: int = field(metadata=count(4))
+    shard_size: int = field(metadata=count(8))
     psi: DescriptorSettings
-    psi_part_size: int = count(8)
+    psi_part_size: int = field(metadata=count(8))
     net_width: int
     net_depth: int
-    train_steps: int = count(10)
-    train_batch: int = count(8)
-    eval_every: int = count(5)
-    n_sweep: tuple[int, ...] = count((8,))
-    n_samples: int = count(8)
-    n_baseline_bins: int = count(2)
-    steps: int = count(3)
+    train_steps: int = field(metadata=count(10))
+    train_batch: int = field(metadata=count(8))
+    eval_every: int = field(metadata=count(5))
+    n_sweep: tuple[int, ...] = field(metadata=count((6,)))
+    n_samples: int = field(metadata=count(8))
+    n_baseline_bins: int = field(metadata=count(2))
+    steps: int = field(metadata=count(3))
     guidance_scale: float
     rhos: tuple[float, ...]
     grid_rhos: tuple[float, ...]
-    n_grid: int = count(2)
+    n_grid: int = field(metadata=count(2))
     sweep_rhos: tuple[float, ...]
-    sweep_samples: int = count(4)
-    sample_batch: int = count(4)
-    widget_steps: int = count(2)
+    sweep_samples: int = field(metadata=count(4))
+    sample_batch: int = field(metadata=count(4))
+    widget_steps: int = field(metadata=count(2))
     cpu_threads: int | None = 1
+    examples_per_level_set: int = field(default=6, metadata=count(1))
 
 
 # fmt: off

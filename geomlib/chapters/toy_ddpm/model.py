@@ -44,11 +44,11 @@ class ToyDdpmBudget:
     time_dim: int
     batch_size: int
     lr: float
-    n_iters: int = count(30)
-    checkpoints: tuple[int, ...] = count((10, 30))
-    n_samples: int = count(100)
-    grid: int = count(12)
-    n_timesteps: int = count(3)
+    n_iters: int = field(metadata=count(30))
+    checkpoints: tuple[int, ...] = field(metadata=count((10, 30)))
+    n_samples: int = field(metadata=count(100))
+    grid: int = field(metadata=count(12))
+    n_timesteps: int = field(metadata=count(3))
     radius: float
 
 

@@ -4,7 +4,7 @@ guidance scale) with one entry per step, so an interrupted run continues where i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -37,14 +37,14 @@ class TrajectoryBudget:
     latents_per_save : steps described between two saves of the cache.
     """
 
-    steps: int = count(3)
-    n_memorised: int = count(2)
-    n_normal: int = count(2)
-    n_seeds: int = count(1)
+    steps: int = field(metadata=count(3))
+    n_memorised: int = field(metadata=count(2))
+    n_normal: int = field(metadata=count(2))
+    n_seeds: int = field(metadata=count(1))
     guidance: float
     guidance_scales: tuple[float, ...]
-    n_guidance_prompts: int = count(1)
-    last_steps: int = count(1)
+    n_guidance_prompts: int = field(metadata=count(1))
+    last_steps: int = field(metadata=count(1))
     descriptors: DescriptorSettings
     latents_per_save: int = 16
 
