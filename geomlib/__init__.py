@@ -1,18 +1,19 @@
 """geomlib: local geometry of generative models.
 
 The public API: Jacobian singular values of a batched generator (exact, projected sketch,
-randomized SVD), the three local descriptors built on them, local scaling (ψ), local rank (ν) and
-local complexity (δ), the exact partition of a 2-D ReLU network, and the loader of Stable-Diffusion
-pipelines. The package's layers, bottom to top: :mod:`geomlib.core` (the maths),
-:mod:`geomlib.runtime` (profiles, seeding, caches, figures), :mod:`geomlib.sd` (latent diffusion),
-:mod:`geomlib.chapters` (one module or package per notebook), :mod:`geomlib.cli` and
-:mod:`geomlib.book`.
+randomized SVD, block Lanczos), whole-spectrum ψ and ν by stochastic Lanczos quadrature, the
+three local descriptors built on them, local scaling (ψ), local rank (ν) and local complexity (δ),
+the exact partition of a 2-D ReLU network, and the loader of Stable-Diffusion pipelines. The
+package's layers, bottom to top: :mod:`geomlib.core` (the maths), :mod:`geomlib.runtime`
+(profiles, seeding, caches, figures), :mod:`geomlib.sd` (latent diffusion), :mod:`geomlib.chapters`
+(one module or package per notebook), :mod:`geomlib.cli` and :mod:`geomlib.book`.
 """
 
 from typing import Any
 
 from geomlib.core.descriptors import (
     BATCH_TOLERANCE,
+    DESCRIBE_METHODS,
     DESCRIPTOR_NAMES,
     NONLINEARITIES,
     Descriptors,
@@ -33,7 +34,9 @@ from geomlib.core.jacobian import (
     randomized_svd,
     vjp_rows,
 )
+from geomlib.core.lanczos import LanczosSVD, lanczos_svd
 from geomlib.core.partition import Partition, exact_partition
+from geomlib.core.slq import SpectralSums, spectral_sums
 from geomlib.runtime.profiles import (
     PROFILES,
     check_profile,
@@ -64,6 +67,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BATCH_TOLERANCE",
+    "DESCRIBE_METHODS",
     "DESCRIPTOR_NAMES",
     "DescriptorSettings",
     "Descriptors",
@@ -88,6 +92,10 @@ __all__ = [
     "orthonormal_rows",
     "projected_jacobian",
     "randomized_svd",
+    "lanczos_svd",
+    "LanczosSVD",
+    "spectral_sums",
+    "SpectralSums",
     "select_budget",
     "set_torch_threads",
     "torch_threads",

@@ -16,12 +16,15 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from geomlib.core.checks import non_negative_number, positive_int, positive_number
 from geomlib.core.jacobian import (
+    LANCZOS_TOL,
+    METHODS,
     BatchFunction,
     Method,
     check_independent_samples,
@@ -29,6 +32,7 @@ from geomlib.core.jacobian import (
     jacobian_singular_values,
     orthonormal_rows,
 )
+from geomlib.core.slq import spectral_sums
 
 #: Modules whose input is hooked by default: piecewise-linear units and their smooth relatives,
 #: all of which bend at pre-activation 0.
@@ -338,40 +342,59 @@ class Descriptors:
         ``(B, m)``.
     local_complexity
         ``(B,)`` δ, or ``None`` when not computed.
+    local_scaling_stderr, local_rank_stderr
+        ``(B,)`` standard errors of ψ and ν where they are estimates (``method="slq"``); ``None``
+        for the deterministic methods.
     """
 
     local_scaling: torch.Tensor
     local_rank: torch.Tensor
     singular_values: torch.Tensor
     local_complexity: torch.Tensor | None = None
+    local_scaling_stderr: torch.Tensor | None = None
+    local_rank_stderr: torch.Tensor | None = None
 
     @classmethod
     def concatenate(cls, parts: Sequence[Descriptors]) -> Descriptors:
         """One record of the batches ``parts``, in order (δ kept when every part has it)."""
         if not parts:
             raise ValueError("nothing to concatenate: parts is empty")
-        deltas = [p.local_complexity for p in parts if p.local_complexity is not None]
+
+        def joined(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts if getattr(p, name) is not None]
+            return torch.cat(values) if len(values) == len(parts) else None
+
         return cls(
             local_scaling=torch.cat([p.local_scaling for p in parts]),
             local_rank=torch.cat([p.local_rank for p in parts]),
             singular_values=torch.cat([p.singular_values for p in parts]),
-            local_complexity=torch.cat(deltas) if len(deltas) == len(parts) else None,
+            local_complexity=joined("local_complexity"),
+            local_scaling_stderr=joined("local_scaling_stderr"),
+            local_rank_stderr=joined("local_rank_stderr"),
         )
 
     def as_dict(self) -> dict[str, list[float]]:
-        """Plain lists per descriptor, e.g. for ``pandas.DataFrame(d.as_dict())``."""
-        return {n: getattr(self, n).tolist() for n in DESCRIPTOR_NAMES if getattr(self, n) is not None}
+        """Plain lists per descriptor (and standard error, where there is one), e.g. for
+        ``pandas.DataFrame(d.as_dict())``."""
+        names = [*DESCRIPTOR_NAMES, "local_scaling_stderr", "local_rank_stderr"]
+        return {n: getattr(self, n).tolist() for n in names if getattr(self, n) is not None}
+
+
+#: Methods of :func:`describe`: those of :func:`~geomlib.core.jacobian.jacobian_singular_values`
+#: and ``"slq"``, which estimates ψ and ν without singular values.
+DESCRIBE_METHODS: tuple[str, ...] = (*METHODS, "slq")
 
 
 def describe(
     f: BatchFunction,
     z: torch.Tensor,
     *,
-    method: Method = "exact",
+    method: Method | Literal["slq"] = "exact",
     k: int | None = None,
     seed: int = 0,
     chunk_size: int | None = None,
     tol: float | None = None,
+    accuracy: float | None = None,
     radius: float | None = None,
     n_dirs: int | None = None,
     directions: torch.Tensor | None = None,
@@ -383,6 +406,12 @@ def describe(
     δ is computed on ``complexity_model`` (default: ``f`` itself when it is an ``nn.Module``).
     The other arguments are those of :func:`jacobian_singular_values`, :func:`local_scaling` and
     :func:`local_complexity`.
+
+    ``method="slq"`` estimates ψ and ν over the whole spectrum by stochastic Lanczos quadrature
+    (:func:`~geomlib.core.slq.spectral_sums`) with standard errors, to the relative ``accuracy``
+    asked (default 5e-3); its ``singular_values`` are the deflated top values only. For
+    ``"lanczos"``, ``accuracy`` is the relative error bound of each top value (default 1e-6); other
+    methods take none.
 
     The batch is computed together, so a sample's values can change in the last digits with the
     rest of its batch: CPU kernels sum in another order for another batch shape, and a
@@ -397,7 +426,32 @@ def describe(
         positive_number("radius", radius, dtype=z.dtype)
         if directions is None:
             positive_int("n_dirs", n_dirs)
-    sigma = jacobian_singular_values(f, z, method=method, k=k, seed=seed, chunk_size=chunk_size)
+    if method not in DESCRIBE_METHODS:
+        raise ValueError(f"method must be one of {DESCRIBE_METHODS}, got {method!r}")
+    if accuracy is not None and method not in ("lanczos", "slq"):
+        raise ValueError(f"accuracy is for method='lanczos' or 'slq'; method={method!r} takes none")
+    if method == "slq":
+        sums = spectral_sums(
+            f, z, accuracy=5e-3 if accuracy is None else accuracy, tol=tol, seed=seed, chunk_size=chunk_size
+        )
+        sigma = sums.top_singular_values
+        spectral = {
+            "local_scaling": sums.local_scaling.to(sigma.dtype),
+            "local_rank": sums.local_rank.to(sigma.dtype),
+            "local_scaling_stderr": sums.local_scaling_stderr.to(sigma.dtype),
+            "local_rank_stderr": sums.local_rank_stderr.to(sigma.dtype),
+        }
+    else:
+        sigma = jacobian_singular_values(
+            f,
+            z,
+            method=method,
+            k=k,
+            seed=seed,
+            chunk_size=chunk_size,
+            tol=LANCZOS_TOL if accuracy is None else accuracy,
+        )
+        spectral = {"local_scaling": local_scaling(sigma, tol), "local_rank": local_rank(sigma)}
     delta = None
     if radius is not None:
         model = complexity_model if complexity_model is not None else f
@@ -413,4 +467,4 @@ def describe(
             layers=layers,
             chunk_size=chunk_size,
         )
-    return Descriptors(local_scaling(sigma, tol), local_rank(sigma), sigma, delta)
+    return Descriptors(singular_values=sigma, local_complexity=delta, **spectral)
