@@ -103,6 +103,7 @@ paper-dry: install
 bench: install
 	$(PY) benchmarks/bench_jacobian.py
 	$(PY) benchmarks/bench_partition.py
+	$(PY) benchmarks/bench_slq_spectra.py --quick
 
 clean:
 	rm -rf _build .pytest_cache

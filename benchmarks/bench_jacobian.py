@@ -1,35 +1,55 @@
-"""Batched Jacobian kernels against a naive autograd loop, on the same inputs in one run.
+"""Every spectrum method on the same latents in one run: products, seconds, error, share of the limit.
 
-The baseline is what research code usually does: for each latent, one forward pass, then one
-``torch.autograd.grad`` call per row of ``W`` (``retain_graph=True``). The kernels under test are
-``geomlib``'s vmapped VJPs (``projected``), forward-mode full Jacobians (``exact``) and randomized
-SVD. For each model the table gives seconds, the speed-up over the loop, and the largest relative
-difference of the singular values (the results must agree).
+For each model and method the table gives the JVPs + VJPs spent per latent, the seconds, the error
+against the exact spectrum of a float64 copy of the model, and how close the run came to the
+machine's limit, measured in the same run two ways:
 
-    python benchmarks/bench_jacobian.py            # CPU: MLP and a small diffusers decoder
-    python benchmarks/bench_jacobian.py --quick    # seconds, a smaller run
+* ``of forward``: products x (one latent's share of the model's batched forward pass) / seconds.
+  A product through a network costs at least a forward pass, so 100 % is out of reach (a JVP is
+  about 2-3 forward passes);
+* ``of matmul``: products x (the forward pass's FLOPs) / (a 2048^2 float32 matmul's FLOP rate) /
+  seconds: the same bound against the best the cores do at all.
 
-With CUDA present it also times the Stable-Diffusion-1.4-size AutoencoderKL decoder (diffusers'
-default SD configuration, random weights) at 512x512 with k=120, in float32 and bfloat16.
-Results are written as JSON to ``benchmarks/results/jacobian.json``.
+The baselines are a naive loop (per latent, one ``torch.autograd.grad`` call per row of ``W``, what
+research code usually does) and SciPy's ARPACK (``scipy.sparse.linalg.svds`` on a
+``LinearOperator`` of the same JVP and VJP, one product per call). Errors: ``top`` is the largest
+relative error of the top 20 singular values (for ``projected``, a different quantity, shown as
+is); ``ψ`` is relative to ``sum |log s_i|`` of the exact spectrum, ``ν`` relative to ν. ``slq``
+estimates ψ and ν over the whole spectrum; the top-k methods' ψ and ν use their k values only.
+
+    python benchmarks/bench_jacobian.py            # CPU: an MLP, a diffusers decoder, the mini decoder
+    python benchmarks/bench_jacobian.py --quick    # one latent, one repeat
+
+With CUDA present it also times the Stable-Diffusion-1.4-size decoder (random weights) at 512x512:
+projected k = 120 in float32 and bfloat16, lanczos k = 20 and slq. Results are written as JSON to
+``benchmarks/results/jacobian.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import scipy.sparse.linalg as sla
 import torch
 from timing import timed  # benchmarks/timing.py, shared by the benchmark scripts
 from torch import nn
+from torch.func import jvp, vjp
+from torch.utils.flop_counter import FlopCounterMode
 
 import geomlib
-from geomlib import jacobian_singular_values, orthonormal_rows
+from geomlib import jacobian_singular_values, lanczos_svd, local_rank, local_scaling, orthonormal_rows
+from geomlib.core.jacobian import autodiff_attention
+from geomlib.core.slq import spectral_sums
 
 RESULTS = Path(__file__).parent / "results" / "jacobian.json"
+TOP = 20
 
 
 def naive_projected_singular_values(f: Callable, z: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
@@ -47,20 +67,53 @@ def naive_projected_singular_values(f: Callable, z: torch.Tensor, k: int, seed: 
     return torch.linalg.svdvals(torch.stack(rows_per_sample).float()).to(z.dtype)
 
 
-def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    m = min(a.shape[-1], b.shape[-1])
-    a, b = a[..., :m].double(), b[..., :m].double()
-    return float(((a - b).abs() / b.abs().clamp_min(1e-12 * b.abs().max())).max())
+def arpack_top(f: Callable, z: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    """Baseline: SciPy's ``svds`` (ARPACK, default tolerance) on one latent's JVP/VJP operator."""
+    shape = z.shape
+    point = z.reshape(-1)
+    single = lambda x: f(x.reshape(shape)).reshape(-1)  # noqa: E731
+    out, pullback = vjp(single, point)
+    calls = [0]
+
+    def forward(v: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        tangent = torch.from_numpy(np.asarray(v, dtype=np.float64).ravel()).to(z)
+        with autodiff_attention():
+            return jvp(single, (point,), (tangent,))[1].detach().double().numpy()
+
+    def backward(u: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        return (
+            pullback(torch.from_numpy(np.asarray(u, dtype=np.float64).ravel()).to(out))[0]
+            .detach()
+            .double()
+            .numpy()
+        )
+
+    operator = sla.LinearOperator(
+        (out.numel(), point.numel()), matvec=forward, rmatvec=backward, dtype=np.float64
+    )
+    values = sla.svds(operator, k=k, return_singular_vectors=False, random_state=0)
+    return torch.from_numpy(np.sort(values)[::-1].copy())[None], calls[0]
 
 
 def mlp_generator(latent: int = 32, output: int = 3072) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Linear(latent, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, output)
-    )
+    ).eval()
 
 
-def small_decoder() -> Callable[[torch.Tensor], torch.Tensor]:
+class _Decode(nn.Module):
+    def __init__(self, vae: nn.Module, scale: float = 1.0) -> None:
+        super().__init__()
+        self.vae, self.scale = vae, scale
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.scale).sample  # type: ignore[operator]
+
+
+def small_decoder() -> nn.Module:
     """A diffusers AutoencoderKL decoder: latent (4, 8, 8) -> image (3, 64, 64), random weights."""
     from diffusers import AutoencoderKL
 
@@ -73,129 +126,217 @@ def small_decoder() -> Callable[[torch.Tensor], torch.Tensor]:
         latent_channels=4,
         norm_num_groups=32,
         sample_size=64,
-    ).eval()
-    return lambda latents: vae.decode(latents).sample
+    )
+    return _Decode(vae).eval()
 
 
-def sd14_decoder(dtype: torch.dtype, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def mini_decoder() -> nn.Module:
+    """The offline mini model's trained decoder: latent (4, 8, 8) -> image (3, 32, 32)."""
+    from geomlib.sd.decoder import latent_decoder
+    from geomlib.sd.pipelines import load_pipeline
+
+    return latent_decoder(load_pipeline()).eval()
+
+
+def sd14_decoder(dtype: torch.dtype, device: torch.device) -> nn.Module:
     """The SD-1.x VAE decoder (diffusers' default AutoencoderKL config), random weights."""
     from diffusers import AutoencoderKL
 
-    vae = (
-        AutoencoderKL(
-            down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4,
-            block_out_channels=[128, 256, 512, 512],
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
-        .eval()
-        .to(device=device, dtype=dtype)
+    vae = AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[128, 256, 512, 512],
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
     )
-    scale = 0.18215  # SD 1.x latent scaling factor
-    return lambda latents: vae.decode(latents / scale).sample
+    return _Decode(vae, scale=0.18215).eval().to(device=device, dtype=dtype)
 
 
-def compare(name: str, f: Callable, z: torch.Tensor, k: int, repeats: int, full: bool) -> list[dict]:
-    """Time the naive loop and the batched kernels on the same ``f`` and ``z``.
+def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a 2048^2 matmul: what the cores reach at best."""
+    a = torch.randn(2048, 2048, device=device, dtype=dtype)
+    seconds, _ = timed(lambda: a @ a, 5, device)
+    return 2 * 2048**3 / seconds
 
-    The projected kernel is checked against the loop (same ``W``); randomized SVD against the exact
-    spectrum, which is the reference row of its own.
-    """
-    device = z.device
-    base_time, base = timed(lambda: naive_projected_singular_values(f, z, k), repeats, device)
-    rows = [row(name, f"naive loop, k={k} autograd.grad calls per latent", base_time, base_time, None)]
-    seconds, sigma = timed(lambda: jacobian_singular_values(f, z, method="projected", k=k), repeats, device)
-    rows.append(
-        row(name, f"projected k={k} (vmap over VJPs)", seconds, base_time, relative_difference(sigma, base))
+
+def forward_cost(f: nn.Module, z: torch.Tensor, batch: int = 16) -> tuple[float, float]:
+    """Seconds per latent of the model's batched forward pass, and its FLOPs per latent."""
+    many = z[:1].expand(batch, *z.shape[1:]).contiguous()
+    with torch.no_grad():
+        seconds, _ = timed(lambda: f(many), 3, z.device)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            f(z[:1])
+    return seconds / batch, float(counter.get_total_flops())
+
+
+def _errors(values: torch.Tensor | None, psi: float, nu: float, exact: torch.Tensor) -> dict:
+    exact = exact.double()
+    magnitude = float(exact.log().abs().sum())
+    top = None
+    if values is not None:
+        n = min(TOP, values.shape[-1])
+        top = float(((values[..., :n].double() - exact[..., :n]).abs() / exact[..., :n]).max())
+    exact_psi, exact_nu = float(local_scaling(exact)), float(local_rank(exact))
+    return dict(
+        top_error=top, psi_error=abs(psi - exact_psi) / magnitude, nu_error=abs(nu - exact_nu) / exact_nu
     )
-    if full:
-        seconds, exact = timed(lambda: jacobian_singular_values(f, z, method="exact"), repeats, device)
-        rows.append(row(name, "exact full J (vmap over JVPs)", seconds, base_time, None))
-        seconds, top = timed(
-            lambda: jacobian_singular_values(f, z, method="randomized", k=10), repeats, device
+
+
+def measure(name: str, f: nn.Module, z: torch.Tensor, repeats: int, rates: dict) -> list[dict]:
+    """Every method on one latent ``z: (1, *in_shape)`` of ``f``."""
+    in_dim, out_dim = z[0].numel(), f(z).numel()
+    exact = jacobian_singular_values(copy.deepcopy(f).double(), z.double(), method="exact")
+    per_latent, flops = forward_cost(f, z)
+    rows = []
+
+    def add(method: str, products: int, seconds: float, values: torch.Tensor | None, psi: float, nu: float):
+        entry = dict(model=name, method=method, products=products, seconds=seconds)
+        entry.update(_errors(values, psi, nu, exact))
+        entry["of_forward"] = products * per_latent / seconds
+        entry["of_matmul"] = products * flops / rates["matmul"] / seconds
+        rows.append(entry)
+
+    def spectrum_row(method: str, products: int, run: Callable[[], torch.Tensor]) -> None:
+        seconds, values = timed(run, repeats, z.device)
+        add(method, products, seconds, values, float(local_scaling(values)), float(local_rank(values)))
+
+    k_sketch = min(120, out_dim)
+    spectrum_row(
+        f"naive loop: projected k={k_sketch}",
+        k_sketch,
+        lambda: naive_projected_singular_values(f, z, k_sketch),
+    )
+    spectrum_row(
+        f"projected k={k_sketch}",
+        k_sketch,
+        lambda: jacobian_singular_values(f, z, method="projected", k=k_sketch),
+    )
+    spectrum_row("exact", in_dim, lambda: jacobian_singular_values(f, z, method="exact"))
+    top = min(TOP, in_dim // 2)
+    width = min(top + 10, in_dim)
+    spectrum_row(
+        f"randomized k={top}, q=2",
+        6 * width,
+        lambda: jacobian_singular_values(f, z, method="randomized", k=top, power_iters=2),
+    )
+    start = time.perf_counter()
+    values, calls = arpack_top(f, z, top)
+    add(
+        f"ARPACK svds k={top}",
+        calls,
+        time.perf_counter() - start,
+        values,
+        float(local_scaling(values)),
+        float(local_rank(values)),
+    )
+    seconds, result = timed(lambda: lanczos_svd(f, z, top), repeats, z.device)
+    add(
+        f"lanczos k={top}",
+        result.products,
+        seconds,
+        result.S,
+        float(local_scaling(result.S)),
+        float(local_rank(result.S)),
+    )
+    if in_dim >= 128:  # at smaller E the exact spectrum is cheaper than any estimate
+        seconds, sums = timed(lambda: spectral_sums(f, z, accuracy=2e-2), 1, z.device)
+        add(
+            "slq (accuracy 2e-2)",
+            sums.products,
+            seconds,
+            None,
+            float(sums.local_scaling),
+            float(sums.local_rank),
         )
-        rows.append(
-            row(name, "randomized SVD top-10 (vs exact)", seconds, base_time, relative_difference(top, exact))
+    for entry in rows:
+        entry.update(
+            in_dim=in_dim, out_dim=out_dim, forward_seconds_per_latent=per_latent, forward_flops=flops
         )
     return rows
 
 
-def row(model: str, kernel: str, seconds: float, base_seconds: float, diff: float | None) -> dict:
-    return dict(
-        model=model, kernel=kernel, seconds=seconds, speedup=base_seconds / seconds, max_rel_diff=diff
-    )
-
-
 def gpu_rows(repeats: int) -> list[dict]:
+    """The SD-1.4-size decoder at 512x512 on one GPU: seconds and memory per latent."""
     device = torch.device("cuda")
     rows = []
+    z32 = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)
     for dtype in (torch.float32, torch.bfloat16):
         f = sd14_decoder(dtype, device)
-        z = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-
-        def psi_nu(f: Callable = f, z: torch.Tensor = z) -> torch.Tensor:
-            sigma = jacobian_singular_values(f, z, method="projected", k=120, chunk_size=40)
-            return torch.stack([geomlib.local_scaling(sigma), geomlib.local_rank(sigma)])
-
-        torch.cuda.reset_peak_memory_stats()
-        seconds, values = timed(psi_nu, repeats, device)
-        entry = row(
-            f"SD-1.4 VAE decoder 512x512, {str(dtype).split('.')[-1]}",
-            "projected k=120: psi+nu, 1 latent",
-            seconds,
-            float("nan"),
-            None,
-        )
-        entry.update(
-            peak_gib=torch.cuda.max_memory_allocated() / 2**30,
-            psi=float(values[0, 0]),
-            nu=float(values[1, 0]),
-        )
-        rows.append(entry)
+        z = z32.to(dtype)
+        runs: dict[str, Callable] = {
+            "projected k=120: psi+nu": lambda f=f, z=z: jacobian_singular_values(
+                f, z, method="projected", k=120, chunk_size=40
+            )
+        }
+        if dtype == torch.float32:
+            runs["lanczos k=20"] = lambda f=f, z=z: lanczos_svd(f, z, 20, block_size=8, chunk_size=8).S
+            runs["slq psi+nu (accuracy 2e-2)"] = lambda f=f, z=z: spectral_sums(
+                f, z, accuracy=2e-2, chunk_size=8
+            )
+        for method, run in runs.items():
+            torch.cuda.reset_peak_memory_stats()
+            seconds, _ = timed(run, repeats if method.startswith("projected") else 1, device)
+            rows.append(
+                dict(
+                    model=f"SD-1.4 VAE decoder 512x512, {str(dtype).split('.')[-1]}",
+                    method=method,
+                    seconds=seconds,
+                    peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+                )
+            )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':<40} {'kernel':<42} {'seconds':>9} {'speed-up':>9} {'max rel diff':>13}")
-    for entry in rows:
-        diff = "-" if entry["max_rel_diff"] is None else f"{entry['max_rel_diff']:.1e}"
-        timing = f"{entry['seconds']:>9.3f} {entry['speedup']:>8.1f}x"
-        print(f"{entry['model']:<40} {entry['kernel']:<42} {timing} {diff:>13}")
+    def number(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    columns = ["products", "seconds", "top", "ψ", "ν", "of forward", "of matmul"]
+    header = f"{'model':<34} {'method':<32} " + " ".join(f"{c:>{max(8, len(c))}}" for c in columns)
+    print(header)
+    for e in rows:
+        print(
+            f"{e['model']:<34} {e['method']:<32} {e.get('products', '-'):>8} {e['seconds']:>8.2f}"
+            f" {number(e.get('top_error'), '.1e'):>8} {number(e.get('psi_error'), '.1e'):>8}"
+            f" {number(e.get('nu_error'), '.1e'):>8} {number(e.get('of_forward'), '.1%'):>10}"
+            f" {number(e.get('of_matmul'), '.1%'):>9}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="smaller batch and sketch, one repeat")
+    parser.add_argument("--quick", action="store_true", help="the MLP and the mini decoder, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
-    batch, k = (2, 16) if args.quick else (8, 64)
+    device = torch.device("cpu")
+    rates = {"matmul": matmul_rate(device)}
     generator = torch.Generator().manual_seed(0)
-
-    rows = compare(
-        "MLP 32 -> 3072 (ReLU)",
-        mlp_generator(),
-        torch.randn(batch, 32, generator=generator),
-        k,
-        repeats,
-        full=True,
-    )
-    latents = torch.randn(max(1, batch // 2), 4, 8, 8, generator=generator)
-    rows += compare(
-        "AutoencoderKL decoder 4x8x8 -> 3x64x64",
-        small_decoder(),
-        latents,
-        k // 2,
-        repeats,
-        full=not args.quick,
-    )
+    models: list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = [
+        ("MLP 32 -> 3072 (ReLU)", mlp_generator, (32,)),
+        ("mini decoder 4x8x8 -> 3x32x32", mini_decoder, (4, 8, 8)),
+    ]
+    if not args.quick:
+        models.insert(1, ("AutoencoderKL 4x8x8 -> 3x64x64", small_decoder, (4, 8, 8)))
+    rows = []
+    for name, build, shape in models:
+        z = torch.randn(1, *shape, generator=generator)
+        rows += measure(name, build(), z, repeats, rates)
     if torch.cuda.is_available():
         rows += gpu_rows(repeats)
+    print(f"2048^2 float32 matmul: {rates['matmul'] / 1e9:.0f} GFLOP/s on {torch.get_num_threads()} threads")
+    for name in dict.fromkeys(r["model"] for r in rows if "forward_flops" in r):
+        entry = next(r for r in rows if r["model"] == name)
+        rate = entry["forward_flops"] / entry["forward_seconds_per_latent"]
+        print(
+            f"{name}: batched forward {rate / 1e9:.0f} GFLOP/s"
+            f" ({entry['forward_flops'] / 1e9:.3f} GFLOP per latent)"
+        )
     print_table(rows)
     meta = dict(
         torch=torch.__version__,
@@ -203,8 +344,7 @@ def main() -> None:
         machine=platform.machine(),
         threads=torch.get_num_threads(),
         cuda=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        batch=batch,
-        k=k,
+        matmul_flops=rates["matmul"],
         repeats=repeats,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
