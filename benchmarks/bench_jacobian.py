@@ -47,6 +47,7 @@ import geomlib
 from geomlib import jacobian_singular_values, lanczos_svd, local_rank, local_scaling, orthonormal_rows
 from geomlib.core.jacobian import autodiff_attention
 from geomlib.core.slq import spectral_sums
+from geomlib.runtime.seeding import seeded_global_rng
 
 RESULTS = Path(__file__).parent / "results" / "jacobian.json"
 TOP = 20
@@ -98,36 +99,19 @@ def arpack_top(f: Callable, z: torch.Tensor, k: int) -> tuple[torch.Tensor, int]
 
 
 def mlp_generator(latent: int = 32, output: int = 3072) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(latent, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, output)
-    ).eval()
-
-
-class _Decode(nn.Module):
-    def __init__(self, vae: nn.Module, scale: float = 1.0) -> None:
-        super().__init__()
-        self.vae, self.scale = vae, scale
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.scale).sample  # type: ignore[operator]
+    """A ReLU MLP ``latent -> output`` with seeded random weights."""
+    with seeded_global_rng(0):
+        return nn.Sequential(
+            nn.Linear(latent, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, output)
+        ).eval()
 
 
 def small_decoder() -> nn.Module:
     """A diffusers AutoencoderKL decoder: latent (4, 8, 8) -> image (3, 64, 64), random weights."""
-    from diffusers import AutoencoderKL
+    from geomlib.chapters.jacobian_sketches import random_vae_decoder
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[32, 32, 64, 64],
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=64,
-    )
-    return _Decode(vae).eval()
+    decoder, _ = random_vae_decoder(8, [32, 32, 64, 64], seed=0)
+    return decoder
 
 
 def mini_decoder() -> nn.Module:
@@ -139,18 +123,11 @@ def mini_decoder() -> nn.Module:
 
 
 def sd14_decoder(dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """The SD-1.x VAE decoder (diffusers' default AutoencoderKL config), random weights."""
-    from diffusers import AutoencoderKL
+    """The decoder of SD 1.4's architecture (random weights), latents scaled as the pipeline's."""
+    from geomlib.sd.decoder import latent_decoder
+    from geomlib.sd.pipelines import random_sd14_pipeline
 
-    vae = AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[128, 256, 512, 512],
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    return _Decode(vae, scale=0.18215).eval().to(device=device, dtype=dtype)
+    return latent_decoder(random_sd14_pipeline(device, dtype)).eval()
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32) -> float:

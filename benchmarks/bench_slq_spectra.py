@@ -12,7 +12,7 @@ cases. Three spectra, each an orthonormal ``U diag(s) V^T`` with random ``U`` an
 Each spectrum is estimated with ``--seeds`` probe seeds at the default accuracy; the table gives
 the errors, the coverage of 3 standard errors, the products per estimate and the seconds.
 
-    python benchmarks/bench_slq_spectra.py               # E = 4 096, 10 seeds (hours on 2 cores; --seeds 1 first)
+    python benchmarks/bench_slq_spectra.py               # E = 4 096, 10 seeds (hours on 2 cores)
     python benchmarks/bench_slq_spectra.py --quick       # E = 1 024, 3 seeds (minutes)
 
 Results are written as JSON to ``benchmarks/results/slq_spectra.json``.

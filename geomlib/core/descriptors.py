@@ -32,7 +32,7 @@ from geomlib.core.jacobian import (
     jacobian_singular_values,
     orthonormal_rows,
 )
-from geomlib.core.slq import spectral_sums
+from geomlib.core.slq import SLQ_ACCURACY, spectral_sums
 
 #: Modules whose input is hooked by default: piecewise-linear units and their smooth relatives,
 #: all of which bend at pre-activation 0.
@@ -409,9 +409,9 @@ def describe(
 
     ``method="slq"`` estimates ψ and ν over the whole spectrum by stochastic Lanczos quadrature
     (:func:`~geomlib.core.slq.spectral_sums`) with standard errors, to the relative ``accuracy``
-    asked (default 5e-3); its ``singular_values`` are the deflated top values only. For
-    ``"lanczos"``, ``accuracy`` is the relative error bound of each top value (default 1e-6); other
-    methods take none.
+    asked (default ``SLQ_ACCURACY``, 3e-3); its ``singular_values`` are the deflated top values
+    only. For ``"lanczos"``, ``accuracy`` is the relative error bound of each top value (default
+    1e-6); other methods take none.
 
     The batch is computed together, so a sample's values can change in the last digits with the
     rest of its batch: CPU kernels sum in another order for another batch shape, and a
@@ -432,7 +432,12 @@ def describe(
         raise ValueError(f"accuracy is for method='lanczos' or 'slq'; method={method!r} takes none")
     if method == "slq":
         sums = spectral_sums(
-            f, z, accuracy=5e-3 if accuracy is None else accuracy, tol=tol, seed=seed, chunk_size=chunk_size
+            f,
+            z,
+            accuracy=SLQ_ACCURACY if accuracy is None else accuracy,
+            tol=tol,
+            seed=seed,
+            chunk_size=chunk_size,
         )
         sigma = sums.top_singular_values
         spectral = {

@@ -53,6 +53,10 @@ from geomlib.core.jacobian import (
 )
 from geomlib.core.lanczos import lanczos_svd
 
+#: Default relative standard error of :func:`spectral_sums`: 1 % of ``sum_i |log s_i|`` is then
+#: more than three standard errors.
+SLQ_ACCURACY = 3e-3
+
 
 class QuadratureNotConverged(UserWarning):
     """The Lanczos quadrature reached ``max_steps`` before its estimated error met the request."""
@@ -272,7 +276,7 @@ def spectral_sums(
     f: BatchFunction,
     z: torch.Tensor,
     *,
-    accuracy: float = 3e-3,
+    accuracy: float = SLQ_ACCURACY,
     tol: float | None = None,
     deflate: int | None = None,
     probes_per_round: int = 8,
