@@ -27,7 +27,6 @@ from geomlib.core.descriptors import (
 from geomlib.core.jacobian import (
     RandomizedSVD,
     jacobian,
-    jacobian_singular_values,
     jvp_columns,
     orthonormal_rows,
     projected_jacobian,
@@ -37,6 +36,7 @@ from geomlib.core.jacobian import (
 from geomlib.core.lanczos import LanczosSVD, lanczos_svd
 from geomlib.core.partition import Partition, exact_partition
 from geomlib.core.slq import SpectralSums, spectral_sums
+from geomlib.core.spectrum import jacobian_singular_values
 from geomlib.runtime.profiles import (
     PROFILES,
     check_profile,

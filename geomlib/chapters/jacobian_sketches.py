@@ -26,9 +26,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from geomlib.core.descriptors import local_rank, local_scaling
-from geomlib.core.jacobian import BatchFunction, jacobian_singular_values, randomized_svd
+from geomlib.core.jacobian import BatchFunction, randomized_svd
 from geomlib.core.lanczos import lanczos_svd
 from geomlib.core.slq import spectral_sums
+from geomlib.core.spectrum import jacobian_singular_values
 from geomlib.runtime.profiles import count
 from geomlib.runtime.seeding import seeded_global_rng
 

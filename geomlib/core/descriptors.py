@@ -23,16 +23,14 @@ from torch import nn
 
 from geomlib.core.checks import non_negative_number, positive_int, positive_number
 from geomlib.core.jacobian import (
-    LANCZOS_TOL,
-    METHODS,
     BatchFunction,
-    Method,
     check_independent_samples,
     check_latents,
-    jacobian_singular_values,
     orthonormal_rows,
 )
+from geomlib.core.lanczos import LANCZOS_TOL
 from geomlib.core.slq import SLQ_ACCURACY, spectral_sums
+from geomlib.core.spectrum import METHODS, Method, jacobian_singular_values
 
 #: Modules whose input is hooked by default: piecewise-linear units and their smooth relatives,
 #: all of which bend at pre-activation 0.
@@ -380,7 +378,7 @@ class Descriptors:
         return {n: getattr(self, n).tolist() for n in names if getattr(self, n) is not None}
 
 
-#: Methods of :func:`describe`: those of :func:`~geomlib.core.jacobian.jacobian_singular_values`
+#: Methods of :func:`describe`: those of :func:`~geomlib.core.spectrum.jacobian_singular_values`
 #: and ``"slq"``, which estimates ψ and ν without singular values.
 DESCRIBE_METHODS: tuple[str, ...] = (*METHODS, "slq")
 

@@ -32,7 +32,6 @@ import torch
 
 from geomlib.core.checks import positive_int, positive_number
 from geomlib.core.jacobian import (
-    LANCZOS_TOL,
     BatchFunction,
     _output_shape,
     _svd_ready,
@@ -48,6 +47,10 @@ from geomlib.core.jacobian import (
 #: per product, but its products are batched; on a GPU, where a batch of 8 costs about one
 #: product, prefer 8 or more.
 DEFAULT_BLOCK_SIZE = 4
+
+
+#: Default error bound of ``method="lanczos"``, relative to each value.
+LANCZOS_TOL = 1e-6
 
 
 class LanczosNoConvergence(UserWarning):
@@ -161,7 +164,7 @@ def lanczos_svd(
     Parameters
     ----------
     f, z
-        as in :func:`~geomlib.core.jacobian.jacobian_singular_values`; ``z: (B, *in_shape)``.
+        as in :func:`~geomlib.core.spectrum.jacobian_singular_values`; ``z: (B, *in_shape)``.
     k
         number of triplets, at most ``min(E, D)``.
     tol

@@ -292,7 +292,7 @@ def spectral_sums(
     Parameters
     ----------
     f, z
-        as in :func:`~geomlib.core.jacobian.jacobian_singular_values`; ``z: (B, *in_shape)``.
+        as in :func:`~geomlib.core.spectrum.jacobian_singular_values`; ``z: (B, *in_shape)``.
     accuracy
         the standard errors asked for, relative: ψ's to ``sum_i |log s_i|`` (ψ itself can be
         near 0), ν's to ν. Probes are added in rounds until both are met or ``max_probes``; each

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from geomlib.core.checks import finite_tensor, positive_int, positive_number
 from geomlib.core.descriptors import Descriptors, describe
-from geomlib.core.jacobian import METHODS, Method, check_latents
+from geomlib.core.jacobian import check_latents
+from geomlib.core.spectrum import METHODS, Method
 from geomlib.sd.hub import SDPipeline
 
 

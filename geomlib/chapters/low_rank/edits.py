@@ -15,7 +15,8 @@ from geomlib.chapters.low_rank.molrg import denoiser_pmp
 from geomlib.chapters.low_rank.ranks import spectral_rank
 from geomlib.chapters.low_rank.sampling import ddim_sample
 from geomlib.core.diffusion import predicted_x0
-from geomlib.core.jacobian import BatchFunction, jacobian_singular_values, randomized_svd
+from geomlib.core.jacobian import BatchFunction, randomized_svd
+from geomlib.core.spectrum import jacobian_singular_values
 
 
 def project_out(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:

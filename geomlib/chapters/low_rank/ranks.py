@@ -14,7 +14,8 @@ from geomlib.chapters.low_rank.denoiser import MLPDenoiser, train_denoiser
 from geomlib.chapters.low_rank.molrg import MoLRG, add_noise, denoiser_pmp, subspace_residual
 from geomlib.chapters.low_rank.sampling import ddim_sample, ddim_timesteps, generalisation_score
 from geomlib.core.descriptors import local_rank
-from geomlib.core.jacobian import BatchFunction, Method, jacobian_singular_values
+from geomlib.core.jacobian import BatchFunction
+from geomlib.core.spectrum import Method, jacobian_singular_values
 
 
 def spectral_rank(sigma: torch.Tensor, energy: float = 0.99) -> torch.Tensor:
