@@ -245,7 +245,7 @@ def projected_jacobian(
 
 
 @dataclass
-class RandomizedSVD:
+class SingularTriplets:
     """Top-``k`` singular triplets of each sample's Jacobian: ``J_b ~ U_b diag(S_b) V_b^T``.
 
     Attributes
@@ -258,6 +258,11 @@ class RandomizedSVD:
     U: torch.Tensor
     S: torch.Tensor
     V: torch.Tensor
+
+
+@dataclass
+class RandomizedSVD(SingularTriplets):
+    """:class:`SingularTriplets` from :func:`randomized_svd`."""
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ import torch
 from geomlib.core.checks import positive_int, positive_number
 from geomlib.core.jacobian import (
     BatchFunction,
+    SingularTriplets,
     _output_shape,
     _svd_ready,
     check_independent_samples,
@@ -58,14 +59,12 @@ class LanczosNoConvergence(UserWarning):
 
 
 @dataclass
-class LanczosSVD:
-    """Top-``k`` singular triplets of each sample's Jacobian: ``J_b ~ U_b diag(S_b) V_b^T``.
+class LanczosSVD(SingularTriplets):
+    """:class:`~geomlib.core.jacobian.SingularTriplets` (``U, S, V``) from :func:`lanczos_svd`,
+    with how far each value is from converged.
 
     Attributes
     ----------
-    U : ``(B, D, k)`` left singular vectors (output space).
-    S : ``(B, k)`` singular values, descending.
-    V : ``(B, E, k)`` right singular vectors (input space: the latent directions).
     residuals : ``(B, k)`` ``||J_b^T u_i - s_i v_i||``; ``J_b v_i = s_i u_i`` holds by construction,
         so some singular value of ``J_b`` lies within ``residuals[b, i]`` of ``S[b, i]``.
     error_bounds : ``(B, k)`` the smaller of the residual and ``residual^2 / gap`` (the gap to the
@@ -75,9 +74,6 @@ class LanczosSVD:
     jvps, vjps : products spent per sample (every sample spends the same).
     """
 
-    U: torch.Tensor
-    S: torch.Tensor
-    V: torch.Tensor
     residuals: torch.Tensor
     error_bounds: torch.Tensor
     converged: torch.Tensor
