@@ -1,4 +1,5 @@
-"""The statistics of the claim checks: intervals of means, paired changes, areas under ROC curves.
+"""The statistics of the claim checks: intervals of means and of proportions, paired changes, areas
+under ROC curves.
 
 Every chapter's interval comes from here, under one rule for small samples: with fewer than two
 values the spread is unknown, so an interval is undefined and its bounds are NaN (never a
@@ -38,6 +39,24 @@ def mean_interval(values: np.ndarray, confidence: float = 0.95) -> dict[str, flo
         return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": n}
     half = _t_half_width(values, confidence)
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def proportion_interval(hits: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
+    """The share of ``True`` in ``hits: (n,)`` and its Wilson score ``confidence`` interval.
+
+    Wilson's interval (SciPy's ``binomtest(...).proportion_ci(method="wilson")``) stays inside
+    ``[0, 1]`` and keeps a non-zero width at 0 or ``n`` hits, where the normal approximation
+    collapses to a point. Returns ``{"estimate", "low", "high", "n"}``; all NaN but ``n`` when
+    ``n = 0``.
+    """
+    _check_confidence(confidence)
+    hits = np.asarray(hits, dtype=bool).ravel()
+    n = len(hits)
+    if n == 0:
+        return {"estimate": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+    count = int(hits.sum())
+    interval = stats.binomtest(count, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return {"estimate": count / n, "low": float(interval.low), "high": float(interval.high), "n": n}
 
 
 def paired_change(before: np.ndarray, after: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
