@@ -4,13 +4,13 @@ generalisation sweep over training-set sizes (chapter 07)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from geomlib.chapters.low_rank.denoiser import MLPDenoiser, train_denoiser
+from geomlib.chapters.low_rank.denoiser import Denoiser, TrainedSet, train_on_sizes
 from geomlib.chapters.low_rank.molrg import MoLRG, add_noise, denoiser_pmp, subspace_residual
 from geomlib.chapters.low_rank.sampling import ddim_sample, ddim_timesteps, generalisation_score
 from geomlib.core.descriptors import local_rank
@@ -112,7 +112,7 @@ def jacobian_rank_profile(
 
 
 def evaluate_denoiser(
-    denoiser: MLPDenoiser,
+    denoiser: Denoiser,
     train: torch.Tensor,
     model: MoLRG,
     *,
@@ -164,32 +164,45 @@ def memorisation_sweep(
     n_generated: int = 256,
     sampling_steps: int = 50,
     seed: int = 0,
+    trained: Mapping[int, TrainedSet] | None = None,
+    architecture: str = "mlp",
     progress: bool = True,
     **train_kwargs,
 ) -> list[dict[str, float]]:
-    """Train one denoiser per training-set size ``N`` and :func:`evaluate_denoiser` it.
+    """:func:`evaluate_denoiser` for one denoiser per training-set size ``N``.
 
-    The training set of size ``N`` is drawn from seed ``seed + N``; ``train_kwargs`` go to
-    :func:`train_denoiser`. Returns one row per size.
+    ``trained``: the denoisers of :func:`~geomlib.chapters.low_rank.denoiser.train_on_sizes` (for
+    these ``sizes``; their ``architecture`` is evaluated); None trains them here, with ``steps``,
+    ``seed`` and ``train_kwargs``. Returns one row per size.
     """
     if not sizes or min(sizes) < 1:
         raise ValueError(f"sizes must be positive training-set sizes, got {sizes}")
-    rows = []
-    for n_train in tqdm(list(sizes), desc="training-set sizes", disable=not progress):
-        train, _ = model.sample(int(n_train), torch.Generator().manual_seed(seed + int(n_train)))
-        denoiser = train_denoiser(train, alpha_bar, steps=steps, seed=seed, progress=progress, **train_kwargs)
-        rows.append(
-            evaluate_denoiser(
-                denoiser,
-                train,
-                model,
-                n_generated=n_generated,
-                sampling_steps=sampling_steps,
-                rank_timestep=rank_timestep,
-                seed=seed,
-            )
+    if trained is None:
+        trained = train_on_sizes(
+            model,
+            sizes,
+            alpha_bar,
+            architectures=(architecture,),
+            steps=steps,
+            seed=seed,
+            progress=progress,
+            **train_kwargs,
         )
-    return rows
+    missing = sorted({int(n) for n in sizes} - set(trained))
+    if missing:
+        raise ValueError(f"trained has no denoisers for the sizes {missing}")
+    return [
+        evaluate_denoiser(
+            trained[int(n_train)].denoisers[architecture],
+            trained[int(n_train)].train,
+            model,
+            n_generated=n_generated,
+            sampling_steps=sampling_steps,
+            rank_timestep=rank_timestep,
+            seed=seed,
+        )
+        for n_train in sizes
+    ]
 
 
 def transition_size(rows: Sequence[dict[str, float]], threshold: float = 0.5) -> int | None:
