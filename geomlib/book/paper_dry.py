@@ -126,6 +126,13 @@ def fixtures(root: Path = ROOT) -> dict[str, object]:
     }
 
 
+def declared_fixtures(notebooks: list[Path], parameters: dict[str, object]) -> dict[str, object]:
+    """The fixture ``parameters`` that at least one of ``notebooks`` declares: what ``--only`` passes
+    (the whole run passes them all, so that a fixture no chapter reads is an error)."""
+    declared = set().union(*(runner.declared_parameters(notebook) for notebook in notebooks))
+    return {name: value for name, value in parameters.items() if name in declared}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the stand-ins and run every notebook's paper path; 1 when any notebook fails."""
     parser = argparse.ArgumentParser(
@@ -137,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parameters = fixtures()
     model = str(parameters.pop("model"))
+    notebooks = runner.discover(only=args.only)
     runs = runner.run_all(
-        runner.discover(only=args.only),
+        notebooks,
         "paper",
         device=args.device,
         model=model,
-        extra=parameters,
+        extra=declared_fixtures(notebooks, parameters) if args.only else parameters,
         force=args.force,
     )
     failed = [run for run in runs if run.status == "failed"]

@@ -91,3 +91,13 @@ def test_the_dry_pipeline_generates_and_decodes(stand_ins):
     pipe = pipelines.load_pipeline(stand_ins["model"], device="cpu")
     out = sampling.generate(pipe, ["a cat"], num_inference_steps=2)
     assert out.images.shape == (1, 64, 64, 3) and torch.isfinite(out.latents).all()
+
+
+def test_only_passes_the_fixtures_its_chapters_declare():
+    """``--only 07`` must not fail on the fixtures only other chapters read (chapter 07 reads none)."""
+    from geomlib.book import runner
+
+    fixtures = {"imagenet_folder": "/x", "cache_dir": "/y"}
+    assert paper_dry.declared_fixtures(runner.discover(only=["07"]), fixtures) == {}
+    everything = paper_dry.declared_fixtures(runner.discover(), fixtures)
+    assert everything == fixtures
