@@ -3,6 +3,7 @@ forms derived by hand, brute-force linear algebra."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -285,3 +286,189 @@ def test_compare_edits_on_one_gaussian_subspace_null_edits_vanish_and_top_edits_
     torch.testing.assert_close(out.latents[2], unedited.expand(3, -1), atol=1e-3, rtol=0)
     moved = (out.latents[0, 2] - unedited).norm()
     assert float(moved) > 1.0  # v1 is in the subspace: the edit survives sampling
+
+
+# --- reproducibility across architectures (section 4) -------------------------------------------
+
+
+def test_residual_denoiser_also_learns_the_constant_posterior_mean_of_one_point():
+    point = torch.tensor([[1.5, -0.5, 0.0, 1.0]])
+    denoiser = lr.train_denoiser(
+        point,
+        linear_alpha_bar(),
+        steps=300,
+        batch_size=64,
+        hidden=32,
+        depth=2,
+        architecture="residual",
+        progress=False,
+    )
+    assert isinstance(denoiser, lr.ResidualDenoiser)
+    x_t = torch.randn(64, 4, generator=torch.Generator().manual_seed(16))
+    with torch.no_grad():
+        error = (denoiser(x_t, 500) - point).norm(dim=-1) / point.norm()
+    assert float(error.mean()) < 0.1
+    with pytest.raises(ValueError, match="architecture"):
+        lr.train_denoiser(point, linear_alpha_bar(), steps=1, architecture="transformer")
+
+
+def test_gl_and_rp_scores_on_hand_made_points():
+    train = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    samples = torch.tensor([[1.0, 0.1], [0.0, 2.0], [5.0, 5.0]])  # nearest: 0.1, 1, 4.47
+    assert lr.gl_score(samples, train, radius=0.5)["estimate"] == pytest.approx(2 / 3)
+    assert lr.gl_score(samples, train, radius=1.0)["estimate"] == pytest.approx(1 / 3)
+    assert lr.gl_score(train, train, radius=0.0)["estimate"] == 0.0
+    shifted = samples + torch.tensor([[0.0, 0.3], [0.0, 0.0], [2.0, 0.0]])
+    assert lr.rp_score(samples, shifted, radius=0.5)["estimate"] == pytest.approx(2 / 3)
+    assert lr.rp_score(samples, samples, radius=0.0)["estimate"] == 1.0
+    assert lr.data_scale(train) == pytest.approx(math.sqrt((1 + 9) / 2))
+    torch.testing.assert_close(
+        lr.nearest_distance(samples, train, chunk_size=1), lr.nearest_distance(samples, train)
+    )
+    with pytest.raises(ValueError, match="two"):
+        lr.rp_score(samples, samples[:2], radius=1.0)
+    with pytest.raises(ValueError, match="radius"):
+        lr.gl_score(samples, train, radius=-1.0)
+
+
+@pytest.fixture(scope="module")
+def small_trained_set():
+    """One tiny denoiser trained on 64 points of a rank-4 mixture, registered under two names."""
+    mixture = lr.make_molrg(12, (4, 4), generator=torch.Generator().manual_seed(30))
+    trained = lr.train_on_sizes(
+        mixture, (64,), linear_alpha_bar(), steps=200, batch_size=64, hidden=32, depth=2, progress=False
+    )
+    net = trained[64].denoisers["mlp"]
+    return mixture, {64: lr.TrainedSet(train=trained[64].train, denoisers={"a": net, "b": net})}
+
+
+def test_two_copies_of_one_model_reproduce_exactly_and_other_noise_does_not(small_trained_set):
+    """The issue's known answers: two copies of the same model have RP = 1; the same model against
+    samples from permuted noise has RP near 0 (it generalises enough that different noises give
+    different samples)."""
+    mixture, trained = small_trained_set
+    rows = lr.reproducibility_scores(
+        mixture,
+        trained,
+        linear_alpha_bar(),
+        n_noise=256,
+        sampling_steps=10,
+        radius_fraction=0.1,
+        progress=False,
+    )
+    by_name = {(row["score"], row["between"]): row for row in rows}
+    assert by_name[("RP", "a vs b")]["estimate"] == 1.0
+    assert by_name[("RP", "a vs b")]["low"] > 0.98
+    assert by_name[("RP", "a vs b, other noise")]["high"] < 0.05
+    # the empirical PMP's samples are training points; fresh-like samples of the population PMP are not
+    assert by_name[("GL", lr.EMPIRICAL)]["estimate"] < 0.05
+    assert by_name[("GL", lr.POPULATION)]["estimate"] > 0.9
+    assert {row["n"] for row in rows} == {256}
+
+
+def test_empirical_sampler_recalls_training_points_and_population_sampler_lands_on_the_subspaces():
+    mixture = lr.make_molrg(10, (3, 3), generator=torch.Generator().manual_seed(31))
+    alpha_bar = linear_alpha_bar()
+    train = lr.training_set(mixture, 5, seed=0)
+    torch.testing.assert_close(train, mixture.sample(5, torch.Generator().manual_seed(5))[0])
+    noise = torch.randn(64, 10, generator=torch.Generator().manual_seed(32), dtype=torch.float64)
+    steps = lr.ddim_timesteps(999, 100)
+    recalled = lr.ddim_sample(lr.empirical_sampler(train, alpha_bar), alpha_bar, noise, steps)
+    assert float(lr.nearest_distance(recalled, train).max()) < 1e-3 * lr.data_scale(train)
+    new = lr.ddim_sample(lr.population_sampler(mixture, alpha_bar), alpha_bar, noise, steps)
+    assert float(lr.subspace_residual(mixture, new).max()) < 1e-2
+
+
+def _rows(rp: dict[int, float], gl: dict[int, float], population_gl: float = 1.0, n: int = 400):
+    """Rows as reproducibility_scores writes them, with Wilson intervals of n draws."""
+    rows = []
+    for size, value in rp.items():
+        for between, estimate in (("a vs b", value), ("a vs b, other noise", 0.0)):
+            hits = np.arange(n) < round(estimate * n)
+            rows.append(
+                {
+                    "n_train": size,
+                    "score": "RP",
+                    "between": between,
+                    **geomlib.core.stats.proportion_interval(hits),
+                }
+            )
+        for between, estimate in (("a", gl[size]), ("b", gl[size]), (lr.POPULATION, population_gl)):
+            hits = np.arange(n) < round(estimate * n)
+            rows.append(
+                {
+                    "n_train": size,
+                    "score": "GL",
+                    "between": between,
+                    **geomlib.core.stats.proportion_interval(hits),
+                }
+            )
+    return rows
+
+
+def test_regimes_and_the_claim_check_on_made_up_sweeps():
+    gl = {2: 0.0, 16: 0.5, 1024: 0.95}
+    rows = _rows({2: 0.95, 16: 0.3, 1024: 0.9}, gl)
+    regimes = lr.reproducibility_regimes(rows, ("a", "b"))
+    assert regimes == {"memorisation": [2], "transition": [16], "generalisation": [1024]}
+    check = lr.reproducibility_check(rows, ("a", "b"), regimes)
+    assert check["verdict"].startswith("as claimed")
+    assert check["transition"]["n_train"] == 16 and check["generalisation"]["estimate"] == pytest.approx(0.9)
+    flat = _rows({2: 0.95, 16: 0.92, 1024: 0.9}, gl)
+    assert lr.reproducibility_check(flat, ("a", "b"), regimes)["verdict"].startswith("partly")
+    low = _rows({2: 0.95, 16: 0.3, 1024: 0.2}, gl)
+    assert "generalisation" in lr.reproducibility_check(low, ("a", "b"), regimes)["verdict"]
+    # a perfect generaliser's GL below 1 (dense training points) lowers the bar of "generalised"
+    dense = _rows({2: 0.95, 16: 0.3, 1024: 0.9}, {2: 0.0, 16: 0.3, 1024: 0.6}, population_gl=0.62)
+    assert lr.reproducibility_regimes(dense, ("a", "b"))["generalisation"] == [1024]
+    few = {key: value for key, value in regimes.items() if key != "generalisation"}
+    assert lr.reproducibility_check(rows, ("a", "b"), few)["verdict"].startswith("undecided")
+
+
+def test_memorisation_sweep_reuses_trained_denoisers(small_trained_set):
+    mixture, trained = small_trained_set
+    kwargs = dict(steps=1, rank_timestep=50, n_generated=16, sampling_steps=5, architecture="a")
+    rows = lr.memorisation_sweep(mixture, (64,), linear_alpha_bar(), trained=trained, **kwargs)
+    assert rows[0]["n_train"] == 64
+    with pytest.raises(ValueError, match="no denoisers"):
+        lr.memorisation_sweep(mixture, (8,), linear_alpha_bar(), trained=trained, **kwargs)
+
+
+def test_table_and_claim_lines_print_what_the_check_found(tmp_path):
+    rows = _rows({2: 0.95, 16: 0.3, 1024: 0.9}, {2: 0.0, 16: 0.5, 1024: 0.95})
+    regimes = lr.reproducibility_regimes(rows, ("a", "b"))
+    check = lr.reproducibility_check(rows, ("a", "b"), regimes)
+    table = lr.reproducibility_table(rows)
+    assert list(table.index) == [2, 16, 1024] and table.loc[16, "RP: a vs b"].startswith("0.30 [")
+    lines = lr.claim_lines(check, rows, ("a", "b"), regimes)
+    assert lines[-1] == f"verdict: {check['verdict']}"
+    assert any("N = 16: 0.30" in line and "dip" in line for line in lines)
+    assert lr.retraining_minutes(tmp_path) is None
+    (tmp_path / "training.json").write_text('{"timings": {"denoiser_s": 600, "training_total_s": 1800}}')
+    assert lr.retraining_minutes(tmp_path) == {"denoiser": 10.0, "total": 30.0}
+
+
+def test_reproducibility_figure_draws_every_curve_and_shades_both_regimes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.patches import Polygon, Rectangle
+
+    from geomlib.chapters.low_rank.figures import _log_cells
+
+    rows = _rows({2: 0.95, 16: 0.3, 1024: 0.9}, {2: 0.0, 16: 0.5, 1024: 0.95})
+    for row in list(rows):
+        if row["between"] in ("a", "b") and row["score"] == "GL":
+            for limit in (lr.EMPIRICAL, lr.POPULATION):
+                rows.append({**row, "score": "RP", "between": f"{row['between']} vs {limit}"})
+    regimes = lr.reproducibility_regimes(rows, ("a", "b"))
+    fig = lr.plot_reproducibility(rows, ("a", "b"), regimes)
+    left, right = fig.axes
+    assert len(left.lines) == 5 and len(right.lines) == 4  # RP, chance, GL a, GL b, GL population; 2 x 2
+    spans = [p for p in left.patches if isinstance(p, Rectangle | Polygon)]
+    assert len(spans) == 2
+    cells = _log_cells([2, 16, 1024])
+    assert cells[2][0] == pytest.approx(2 / 1.5) and cells[16] == pytest.approx(
+        (math.sqrt(32), math.sqrt(16384))
+    )
+    matplotlib.pyplot.close(fig)

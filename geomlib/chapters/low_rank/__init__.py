@@ -3,7 +3,8 @@
 (:mod:`~geomlib.chapters.low_rank.molrg`), a learned denoiser (:mod:`~geomlib.chapters.low_rank.denoiser`),
 DDIM sampling and the generalisation score (:mod:`~geomlib.chapters.low_rank.sampling`), Jacobian
 ranks across noise levels and the memorisation sweep (:mod:`~geomlib.chapters.low_rank.ranks`),
-edits along singular vectors (:mod:`~geomlib.chapters.low_rank.edits`), the budgets and figures.
+edits along singular vectors (:mod:`~geomlib.chapters.low_rank.edits`), reproducibility across
+architectures (:mod:`~geomlib.chapters.low_rank.reproducibility`), the budgets and figures.
 """
 
 from geomlib.chapters.low_rank.budgets import (
@@ -11,8 +12,14 @@ from geomlib.chapters.low_rank.budgets import (
     LowRankBudget,
 )
 from geomlib.chapters.low_rank.denoiser import (
+    ARCHITECTURES,
+    Denoiser,
     MLPDenoiser,
+    ResidualDenoiser,
+    TrainedSet,
     train_denoiser,
+    train_on_sizes,
+    training_set,
 )
 from geomlib.chapters.low_rank.edits import (
     EditComparison,
@@ -30,6 +37,7 @@ from geomlib.chapters.low_rank.edits import (
 from geomlib.chapters.low_rank.figures import (
     plot_memorisation_sweep,
     plot_rank_profiles,
+    plot_reproducibility,
 )
 from geomlib.chapters.low_rank.molrg import (
     MoLRG,
@@ -50,6 +58,22 @@ from geomlib.chapters.low_rank.ranks import (
     spectral_rank,
     transition_size,
 )
+from geomlib.chapters.low_rank.reproducibility import (
+    EMPIRICAL,
+    POPULATION,
+    claim_lines,
+    data_scale,
+    empirical_sampler,
+    gl_score,
+    nearest_distance,
+    population_sampler,
+    reproducibility_check,
+    reproducibility_regimes,
+    reproducibility_scores,
+    reproducibility_table,
+    retraining_minutes,
+    rp_score,
+)
 from geomlib.chapters.low_rank.sampling import (
     ddim_sample,
     ddim_timesteps,
@@ -58,15 +82,23 @@ from geomlib.chapters.low_rank.sampling import (
 )
 
 __all__ = [
+    "ARCHITECTURES",
+    "Denoiser",
+    "EMPIRICAL",
     "EditComparison",
     "EditDirections",
     "LOWRANK_BUDGETS",
     "LowRankBudget",
     "MLPDenoiser",
     "MoLRG",
+    "POPULATION",
     "RankProfile",
+    "ResidualDenoiser",
+    "TrainedSet",
     "add_noise",
+    "claim_lines",
     "compare_edits",
+    "data_scale",
     "ddim_sample",
     "ddim_timesteps",
     "denoiser_pmp",
@@ -75,23 +107,36 @@ __all__ = [
     "edit_sweep",
     "empirical_pmp",
     "empirical_posterior_mean",
+    "empirical_sampler",
     "evaluate_denoiser",
     "generalisation_score",
+    "gl_score",
     "jacobian_rank_profile",
     "make_molrg",
     "memorisation_sweep",
     "molrg_pmp",
+    "nearest_distance",
     "nullspace_direction",
     "plot_memorisation_sweep",
     "plot_rank_profiles",
+    "plot_reproducibility",
     "pmp_from_eps",
+    "population_sampler",
     "project_out",
     "prompt_embeddings",
     "relative_change",
+    "reproducibility_check",
+    "reproducibility_regimes",
+    "reproducibility_scores",
+    "reproducibility_table",
+    "retraining_minutes",
+    "rp_score",
     "spectral_rank",
     "split_timesteps",
     "subspace_residual",
     "train_denoiser",
+    "train_on_sizes",
+    "training_set",
     "transition_size",
     "unet_posterior_mean",
 ]

@@ -97,3 +97,70 @@ def plot_memorisation_sweep(
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_reproducibility(
+    rows: Sequence[dict],
+    architectures: Sequence[str],
+    regimes: dict[str, list[int]],
+    *,
+    panel_size: float = 3.8,
+):
+    """The talk's figure: RP and GL scores against the training-set size ``N`` (log axis), with the
+    regimes shaded; right, each trained architecture against the two closed-form limits.
+
+    ``rows`` come from :func:`~geomlib.chapters.low_rank.reproducibility.reproducibility_scores`,
+    ``regimes`` from :func:`~geomlib.chapters.low_rank.reproducibility.reproducibility_regimes`.
+    Bands: 95 % Wilson intervals over the noise draws.
+    """
+    import matplotlib.pyplot as plt
+
+    from geomlib.chapters.low_rank.reproducibility import EMPIRICAL, POPULATION
+
+    def curve(ax, score, between, **style):
+        chosen = sorted(
+            (row for row in rows if row["score"] == score and row["between"] == between),
+            key=lambda row: row["n_train"],
+        )
+        sizes = [row["n_train"] for row in chosen]
+        (line,) = ax.plot(sizes, [row["estimate"] for row in chosen], marker="o", ms=3, **style)
+        ax.fill_between(
+            sizes,
+            [row["low"] for row in chosen],
+            [row["high"] for row in chosen],
+            color=line.get_color(),
+            alpha=0.15,
+        )
+
+    pair = f"{architectures[0]} vs {architectures[1]}"
+    fig, axes = plt.subplots(1, 2, figsize=(2.3 * panel_size, 1.35 * panel_size), sharey=True)
+    curve(axes[0], "RP", pair, color="black", label=f"RP: {pair}")
+    curve(axes[0], "RP", f"{pair}, other noise", color="grey", ls=":", label="RP by chance (other noise)")
+    for name in architectures:
+        curve(axes[0], "GL", name, ls="--", label=f"GL: {name}")
+    curve(axes[0], "GL", POPULATION, color="tab:green", ls="-.", lw=0.8, label=f"GL: {POPULATION}")
+    for name in architectures:
+        curve(axes[1], "RP", f"{name} vs {EMPIRICAL}", ls="--", label=f"{name} vs {EMPIRICAL}")
+        curve(axes[1], "RP", f"{name} vs {POPULATION}", label=f"{name} vs {POPULATION}")
+    cells = _log_cells(sorted({row["n_train"] for row in rows}))
+    colours = {"memorisation": "tab:blue", "generalisation": "tab:green"}
+    for ax in axes:
+        for regime, colour in colours.items():
+            sizes = regimes.get(regime, [])
+            if sizes:
+                ax.axvspan(cells[min(sizes)][0], cells[max(sizes)][1], color=colour, alpha=0.08, lw=0)
+        ax.set_xscale("log")
+        ax.set(xlabel="training-set size N", ylim=(-0.03, 1.03))
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
+    axes[0].set(ylabel="score", title="reproducibility and generalisation")
+    axes[1].set(title="trained models against the two limits")
+    fig.tight_layout()
+    return fig
+
+
+def _log_cells(sizes: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """``{N: (left, right)}``: the cell of each size on a log axis, bounded by the geometric midpoints
+    to its neighbours (a factor 1.5 beyond the ends)."""
+    edges = [sizes[0] / 1.5] + [(a * b) ** 0.5 for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    edges.append(sizes[-1] * 1.5)
+    return {n: (edges[i], edges[i + 1]) for i, n in enumerate(sizes)}
