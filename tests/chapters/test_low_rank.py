@@ -472,3 +472,14 @@ def test_reproducibility_figure_draws_every_curve_and_shades_both_regimes():
         (math.sqrt(32), math.sqrt(16384))
     )
     matplotlib.pyplot.close(fig)
+
+
+def test_a_copy_that_chance_explains_is_not_reproduction():
+    """At N = 1 every noise leads to the one training point: RP = 1 but chance is 1 too."""
+    rows = _rows({1: 1.0, 16: 0.3, 1024: 0.9}, {1: 0.0, 16: 0.5, 1024: 0.95})
+    for row in rows:
+        if row["n_train"] == 1 and row["between"] == "a vs b, other noise":
+            row.update(estimate=1.0, low=0.99, high=1.0)
+    regimes = lr.reproducibility_regimes(rows, ("a", "b"))
+    assert regimes["memorisation"] == [1]
+    assert "memorisation" in lr.reproducibility_check(rows, ("a", "b"), regimes)["verdict"]

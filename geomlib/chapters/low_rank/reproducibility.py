@@ -209,10 +209,11 @@ def reproducibility_check(
     """The talk's claim on a run of :func:`reproducibility_scores`: the RP score of the first two
     ``architectures`` is high in both regimes and lower in the transition between them.
 
-    In each regime the size with the lowest RP speaks for the regime (a claim about the whole regime
-    is as weak as its weakest size); in the transition, the lowest RP. *High*: the interval's lower
-    bound is at least ``high`` and above the chance level's upper bound at that size. *Dip*: the
-    transition's upper bound is below both regimes' lower bounds.
+    *High* in a regime: at every size of it, the RP interval's lower bound is at least ``high`` and
+    above the upper bound of the chance level at that size (at small ``N`` two noises often lead to
+    the same training point, so chance is high there). *Dip*: the lowest RP of the transition has an
+    upper bound below the lower bound of each regime's lowest RP. The lowest RP of each regime is
+    the row reported (a claim about a whole regime is as weak as its weakest size).
 
     Returns
     -------
@@ -236,7 +237,10 @@ def reproducibility_check(
         ]
         summary["verdict"] = f"undecided: the sweep has no size in the {' or '.join(missing)} regime"
         return summary
-    high_ends = [end["low"] >= high and end["low"] > _upper(chance, end["n_train"]) for end in ends]
+    high_ends = [
+        all(rp[n]["low"] >= high and rp[n]["low"] > _upper(chance, n) for n in regimes[regime] if n in rp)
+        for regime in ("memorisation", "generalisation")
+    ]
     dip = summary["transition"] is not None and all(
         summary["transition"]["high"] < end["low"] for end in ends
     )
