@@ -58,8 +58,7 @@ class Denoiser(nn.Module):
 class MLPDenoiser(Denoiser):
     """An MLP ``(x_t, t) -> x0_hat``: the learned PMP of a low-dimensional data set.
 
-    The scalings and time features are :class:`Denoiser`'s; the time features enter
-    every layer.
+    The scalings and time features are :class:`Denoiser`'s; the time features enter every layer.
 
     Parameters
     ----------
@@ -104,9 +103,8 @@ class ResidualDenoiser(Denoiser):
 
     It differs from :class:`MLPDenoiser` where architectures usually differ: an embedding of
     width ``hidden``, ``depth`` pre-norm residual blocks ``h + W2 GELU(W1 [LayerNorm(h), time])``,
-    a final LayerNorm, GELU instead of SiLU. The scalings and
-    time features are :class:`Denoiser`'s (the data's scale is part of the data,
-    not of the architecture).
+    a final LayerNorm, GELU instead of SiLU. The scalings and time features are
+    :class:`Denoiser`'s (the data's scale is part of the data, not of the architecture).
     """
 
     def __init__(
