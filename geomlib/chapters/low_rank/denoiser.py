@@ -17,23 +17,55 @@ from geomlib.runtime.seeding import reinitialise, seed_from, seeded_global_rng
 
 
 class Denoiser(nn.Module):
-    """What every denoiser of this chapter shares: the input scaled to unit variance,
-    ``x_t / sqrt(abar_t v + 1 - abar_t)`` with ``v`` the data's per-coordinate second moment, the
-    output scaled by ``sqrt(v)`` (EDM's ``c_in``/``c_out``, without a skip connection, so the
-    Jacobian is the network's own), and time features ``[sin, cos](2^j pi t / T)`` and
-    ``log SNR / 10``. Subclasses map ``(scaled x_t, time features)`` to the unscaled output."""
+    """What every denoiser ``(x_t, t) -> x0_hat`` of this chapter shares: the input scaled to unit
+    variance, ``x_t / sqrt(abar_t v + 1 - abar_t)`` with ``v`` the data's per-coordinate second
+    moment, the output scaled by ``sqrt(v)`` (EDM's ``c_in``/``c_out``, without a skip connection,
+    so the Jacobian is the network's own), and time features ``[sin, cos](2^j pi t / T)`` and
+    ``log SNR / 10``. Subclasses build their layers in :meth:`build` and map
+    ``(scaled x_t, time features)`` to the unscaled output in :meth:`body`.
+
+    Parameters
+    ----------
+    dim
+        data dimension ``d``.
+    alpha_bar
+        ``(T,)`` the noise schedule (:func:`geomlib.core.diffusion.linear_alpha_bar`).
+    data_second_moment
+        ``v = E ||x_0||^2 / d``.
+    hidden, depth
+        width and number of hidden layers or blocks.
+    n_frequencies
+        sinusoidal time features, ``2 * n_frequencies`` of them.
+    """
 
     alpha_bar: torch.Tensor
     frequencies: torch.Tensor
 
-    def __init__(self, alpha_bar: torch.Tensor, data_second_moment: float, n_frequencies: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        alpha_bar: torch.Tensor,
+        data_second_moment: float = 1.0,
+        hidden: int = 128,
+        depth: int = 3,
+        n_frequencies: int = 4,
+    ) -> None:
         super().__init__()
-        if n_frequencies < 1 or data_second_moment <= 0:
-            raise ValueError("n_frequencies and data_second_moment must be positive")
+        if min(dim, hidden, depth, n_frequencies) < 1 or data_second_moment <= 0:
+            raise ValueError("dim, hidden, depth, n_frequencies and data_second_moment must be positive")
         self.register_buffer("alpha_bar", alpha_bar.detach().float().clone())
         self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(n_frequencies, dtype=torch.float32))
         self.data_second_moment = float(data_second_moment)
         self.n_time = 2 * n_frequencies + 1
+        self.build(dim, hidden, depth)
+
+    def build(self, dim: int, hidden: int, depth: int) -> None:
+        """Create the layers (``self.n_time`` time features join the inputs)."""
+        raise NotImplementedError
+
+    def body(self, scaled: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """``(B, d), (B, n_time) -> (B, d)``: the network between the two scalings."""
+        raise NotImplementedError
 
     def time_features(self, t: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
         """``(batch, 2 n_frequencies + 1)`` features of the integer timesteps ``t`` (scalar or ``(B,)``)."""
@@ -41,10 +73,6 @@ class Denoiser(nn.Module):
         phase = (t.to(dtype) / len(self.alpha_bar)).reshape(-1, 1) * self.frequencies.to(dtype)
         log_snr = torch.log(abar / (1 - abar)) / 10
         return torch.cat([torch.sin(phase), torch.cos(phase), log_snr], dim=-1).expand(batch, -1)
-
-    def body(self, scaled: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """``(B, d), (B, n_time) -> (B, d)``: the network between the two scalings."""
-        raise NotImplementedError
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """``x_t: (B, d)``, ``t``: int or ``(B,)`` integer timesteps -> ``x0_hat: (B, d)``."""
@@ -56,36 +84,10 @@ class Denoiser(nn.Module):
 
 
 class MLPDenoiser(Denoiser):
-    """An MLP ``(x_t, t) -> x0_hat``: the learned PMP of a low-dimensional data set.
+    """An MLP: ``depth`` SiLU layers of width ``hidden``, the time features entering every layer.
+    The learned PMP of a low-dimensional data set; parameters and scalings are :class:`Denoiser`'s."""
 
-    The scalings and time features are :class:`Denoiser`'s; the time features enter every layer.
-
-    Parameters
-    ----------
-    dim
-        data dimension ``d``.
-    alpha_bar
-        ``(T,)`` the noise schedule (:func:`geomlib.core.diffusion.linear_alpha_bar`).
-    data_second_moment
-        ``v = E ||x_0||^2 / d``.
-    hidden, depth
-        width and number of hidden layers (SiLU).
-    n_frequencies
-        sinusoidal time features, ``2 * n_frequencies`` of them.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        alpha_bar: torch.Tensor,
-        data_second_moment: float = 1.0,
-        hidden: int = 128,
-        depth: int = 3,
-        n_frequencies: int = 4,
-    ) -> None:
-        if min(dim, hidden, depth) < 1:
-            raise ValueError("dim, hidden and depth must be positive")
-        super().__init__(alpha_bar, data_second_moment, n_frequencies)
+    def build(self, dim: int, hidden: int, depth: int) -> None:
         self.first = nn.Linear(dim + self.n_time, hidden)
         self.hidden = nn.ModuleList([nn.Linear(hidden + self.n_time, hidden) for _ in range(depth - 1)])
         self.last = nn.Linear(hidden, dim)
@@ -99,45 +101,32 @@ class MLPDenoiser(Denoiser):
 
 
 class ResidualDenoiser(Denoiser):
-    """A residual network ``(x_t, t) -> x0_hat``: a second architecture for the same PMP.
+    """A residual network: a second architecture for the same PMP.
 
     It differs from :class:`MLPDenoiser` where architectures usually differ: an embedding of
-    width ``hidden``, ``depth`` pre-norm residual blocks ``h + W2 GELU(W1 [LayerNorm(h), time])``,
-    a final LayerNorm, GELU instead of SiLU. The scalings and time features are
-    :class:`Denoiser`'s (the data's scale is part of the data, not of the architecture).
+    width ``hidden``, ``depth`` pre-norm residual blocks ``h + W2 GELU(W1 [LayerNorm(h), time])``
+    (both of width ``hidden``), a final LayerNorm, GELU instead of SiLU. Parameters, scalings and
+    time features are :class:`Denoiser`'s (the data's scale is part of the data, not of the
+    architecture).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        alpha_bar: torch.Tensor,
-        data_second_moment: float = 1.0,
-        hidden: int = 128,
-        depth: int = 3,
-        n_frequencies: int = 4,
-    ) -> None:
-        if min(dim, hidden, depth) < 1:
-            raise ValueError("dim, hidden and depth must be positive")
-        super().__init__(alpha_bar, data_second_moment, n_frequencies)
+    def build(self, dim: int, hidden: int, depth: int) -> None:
         self.embed = nn.Linear(dim + self.n_time, hidden)
         self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(depth)])
-        self.expand = nn.ModuleList([nn.Linear(hidden + self.n_time, hidden) for _ in range(depth)])
-        self.contract = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(depth)])
+        self.w1 = nn.ModuleList([nn.Linear(hidden + self.n_time, hidden) for _ in range(depth)])
+        self.w2 = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(depth)])
         self.final_norm = nn.LayerNorm(hidden)
         self.last = nn.Linear(hidden, dim)
         self.act = nn.GELU()
 
     def body(self, scaled: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         h = self.embed(torch.cat([scaled, time], dim=-1))
-        for norm, expand, contract in zip(self.norms, self.expand, self.contract, strict=True):
-            h = h + contract(self.act(expand(torch.cat([norm(h), time], dim=-1))))
+        for norm, w1, w2 in zip(self.norms, self.w1, self.w2, strict=True):
+            h = h + w2(self.act(w1(torch.cat([norm(h), time], dim=-1))))
         return self.last(self.final_norm(h))
 
 
-ARCHITECTURES: dict[str, type[MLPDenoiser] | type[ResidualDenoiser]] = {
-    "mlp": MLPDenoiser,
-    "residual": ResidualDenoiser,
-}
+ARCHITECTURES: dict[str, type[Denoiser]] = {"mlp": MLPDenoiser, "residual": ResidualDenoiser}
 """The denoiser architectures :func:`train_denoiser` builds, by name."""
 
 
