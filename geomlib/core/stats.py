@@ -3,8 +3,9 @@ under ROC curves.
 
 Every chapter's interval comes from here, under one rule for small samples: with fewer than two
 values the spread is unknown, so an interval is undefined and its bounds are NaN (never a
-zero-width or an infinite interval that a reader could take for a result). Tests and intervals are
-SciPy's; only their assembly into the rows the chapters print is written here.
+zero-width or an infinite interval that a reader could take for a result). Proportions are the
+exception: Wilson's interval needs no estimate of spread, and is defined (and wide) from one value.
+Tests and intervals are SciPy's; only their assembly into the rows the chapters print is written here.
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ def plot_reproducibility(
     panel_size: float = 3.8,
 ):
     """The talk's figure: RP and GL scores against the training-set size ``N`` (log axis), with the
-    regimes shaded; right, each trained architecture against the two closed-form limits.
+    regimes shaded (memorisation blue, generalisation green, unresolved grey); right, each trained
+    architecture against the two closed-form limits.
 
     ``rows`` come from :func:`~geomlib.chapters.low_rank.reproducibility.reproducibility_scores`,
     ``regimes`` from :func:`~geomlib.chapters.low_rank.reproducibility.reproducibility_regimes`.
@@ -143,12 +144,12 @@ def plot_reproducibility(
         curve(axes[1], "RP", f"{name} vs {EMPIRICAL}", ls="--", label=f"{name} vs {EMPIRICAL}")
         curve(axes[1], "RP", f"{name} vs {POPULATION}", label=f"{name} vs {POPULATION}")
     cells = _log_cells(sorted({row["n_train"] for row in rows}))
-    colours = {"memorisation": "tab:blue", "generalisation": "tab:green"}
+    colours = {"memorisation": "tab:blue", "generalisation": "tab:green", "unresolved": "tab:grey"}
     for ax in axes:
         for regime, colour in colours.items():
-            sizes = regimes.get(regime, [])
-            if sizes:
-                ax.axvspan(cells[min(sizes)][0], cells[max(sizes)][1], color=colour, alpha=0.08, lw=0)
+            for n_train in regimes.get(regime, []):  # one cell per size: regimes need not be contiguous
+                if n_train in cells:
+                    ax.axvspan(*cells[n_train], color=colour, alpha=0.08, lw=0)
         ax.set_xscale("log")
         ax.set(xlabel="training-set size N", ylim=(-0.03, 1.03))
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)

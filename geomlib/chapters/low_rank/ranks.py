@@ -159,8 +159,8 @@ def memorisation_sweep(
     sizes: Sequence[int],
     alpha_bar: torch.Tensor,
     *,
-    steps: int,
     rank_timestep: int,
+    steps: int | None = None,
     n_generated: int = 256,
     sampling_steps: int = 50,
     seed: int = 0,
@@ -172,12 +172,14 @@ def memorisation_sweep(
     """:func:`evaluate_denoiser` for one denoiser per training-set size ``N``.
 
     ``trained``: the denoisers of :func:`~geomlib.chapters.low_rank.denoiser.train_on_sizes` (for
-    these ``sizes``; their ``architecture`` is evaluated); None trains them here, with ``steps``,
-    ``seed`` and ``train_kwargs``. Returns one row per size.
+    these ``sizes``, on training sets of ``model``; their ``architecture`` is evaluated); None
+    trains them here, with ``steps``, ``seed`` and ``train_kwargs``. Returns one row per size.
     """
     if not sizes or min(sizes) < 1:
         raise ValueError(f"sizes must be positive training-set sizes, got {sizes}")
     if trained is None:
+        if steps is None:
+            raise ValueError("give steps to train the denoisers, or trained ones")
         trained = train_on_sizes(
             model,
             sizes,
@@ -188,9 +190,11 @@ def memorisation_sweep(
             progress=progress,
             **train_kwargs,
         )
-    missing = sorted({int(n) for n in sizes} - set(trained))
+    missing = sorted(
+        int(n) for n in sizes if int(n) not in trained or architecture not in trained[int(n)].denoisers
+    )
     if missing:
-        raise ValueError(f"trained has no denoisers for the sizes {missing}")
+        raise ValueError(f"trained has no {architecture!r} denoisers for the sizes {missing}")
     return [
         evaluate_denoiser(
             trained[int(n_train)].denoisers[architecture],

@@ -4,7 +4,7 @@ data, give the same sample? And how does that depend on whether they memorise or
 
 Scores (the talk's, with a distance in place of SSCD similarity, since the samples are points of
 ``R^d``): two samples *match* when ``||x - y|| <= radius``, with ``radius`` a fraction of the data's
-RMS norm ``sqrt(mean_i ||y_i||^2)``. Then
+RMS norm ``sqrt(E ||x_0||^2) = sqrt(sum_k pi_k r_k)`` (:func:`rms_norm`). Then
 
 * the **RP score** is ``P(x^1 and x^2 match)`` over initial noises, ``x^1``, ``x^2`` the two models'
   samples from the same noise;
@@ -13,7 +13,8 @@ RMS norm ``sqrt(mean_i ||y_i||^2)``. Then
 A ball rather than the cosine: within one rank-``r`` subspace the cosine of two independent Gaussian
 samples is ``> 0.6`` with probability ``0.2`` when ``r = 3``, so cosine matches would happen by chance,
 and a copy of a training point scaled by 2 is not a copy. Both scores are proportions with Wilson
-intervals (:func:`geomlib.core.stats.proportion_interval`) over the noise draws.
+intervals (:func:`geomlib.core.stats.proportion_interval`) over the noise draws: they describe the
+networks that were trained (one per architecture and size), not every network of an architecture.
 """
 
 from __future__ import annotations
@@ -39,9 +40,17 @@ POPULATION = "population PMP"
 EMPIRICAL = "empirical PMP"
 
 
-def data_scale(train: torch.Tensor) -> float:
-    """``sqrt(mean_i ||y_i||^2)`` of ``train: (N, d)``: the unit of the match radius."""
-    return float(train.double().pow(2).sum(-1).mean().sqrt())
+def rms_norm(model: MoLRG) -> float:
+    """``sqrt(E ||x_0||^2) = sqrt(sum_k pi_k r_k)`` of ``model``: the unit of the match radius (the
+    population's, so the ball is the same at every training-set size)."""
+    return float(sum(float(pi) * r for pi, r in zip(model.weights, model.ranks, strict=True)) ** 0.5)
+
+
+def _check_samples(*samples: torch.Tensor) -> None:
+    """A diverged sampler's NaN would count as a copy (NaN > radius is False): refuse it."""
+    for values in samples:
+        if not torch.isfinite(values).all():
+            raise ValueError("samples must be finite (a sampler diverged?)")
 
 
 def nearest_distance(x: torch.Tensor, train: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
@@ -65,6 +74,7 @@ def rp_score(first: torch.Tensor, second: torch.Tensor, radius: float) -> dict[s
         raise ValueError(f"need two (M, d) sample sets, got {tuple(first.shape)} and {tuple(second.shape)}")
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
+    _check_samples(first, second)
     distance = (first.double() - second.double()).norm(dim=-1)
     return proportion_interval(distance.cpu().numpy() <= radius)
 
@@ -74,6 +84,7 @@ def gl_score(samples: torch.Tensor, train: torch.Tensor, radius: float) -> dict[
     ``train: (N, d)``, with its Wilson interval (as :func:`rp_score`)."""
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
+    _check_samples(samples)
     return proportion_interval(nearest_distance(samples, train).cpu().numpy() > radius)
 
 
@@ -94,6 +105,15 @@ def _row(n_train: int, score: str, between: str, interval: dict[str, float]) -> 
     return {"n_train": n_train, "score": score, "between": between, **interval}
 
 
+def _sample(
+    sampler: Sampler, alpha_bar: torch.Tensor, noise: torch.Tensor, timesteps: list[int]
+) -> torch.Tensor:
+    """DDIM samples of ``sampler`` on its own device (a network's parameters say which), on the CPU."""
+    parameters = list(sampler.parameters()) if isinstance(sampler, torch.nn.Module) else []
+    device = parameters[0].device if parameters else noise.device
+    return ddim_sample(sampler, alpha_bar, noise.to(device), timesteps).cpu()
+
+
 def reproducibility_scores(
     model: MoLRG,
     trained: Mapping[int, TrainedSet],
@@ -107,20 +127,21 @@ def reproducibility_scores(
 ) -> list[dict]:
     """RP and GL scores of the denoisers of each training set, from ``n_noise`` shared initial noises.
 
-    Every sampler, at every size, runs the same DDIM schedule (``sampling_steps`` steps from ``T -
-    1``) from the same ``(n_noise, d)`` standard normal noises (seed ``seed``); the match radius is
-    ``radius_fraction`` times :func:`data_scale` of the training set. Besides the trained denoisers,
-    two closed forms sample from the same noises: the population PMP (:func:`population_sampler`,
-    the generalisation limit) and the empirical PMP of the training set (:func:`empirical_sampler`,
-    the memorisation limit).
+    Every sampler, at every size, runs the same DDIM schedule (``sampling_steps`` steps from
+    ``T - 1``) from the same ``(n_noise, d)`` standard normal noises (seed ``seed``); the match
+    radius is ``radius_fraction`` times :func:`rms_norm` of ``model``. Besides the trained
+    denoisers, two closed forms sample from the same noises: the population PMP
+    (:func:`population_sampler`, the generalisation limit) and the empirical PMP of the training set
+    (:func:`empirical_sampler`, the memorisation limit).
 
     Returns
     -------
     rows ``{"n_train", "score", "between", "estimate", "low", "high", "n"}``: ``score`` ``"RP"`` for
     every pair of trained architectures (``"a vs b"``), each architecture against each closed form,
-    and the chance level ``"a vs b, other noise"`` (``b`` from a permutation of the noises: how often
-    two samples match when nothing but the data ties them); ``score`` ``"GL"`` for every
-    architecture and both closed forms.
+    and the chance level ``"a vs b, other noise"`` (``a``'s sample from noise ``j`` against ``b``'s
+    from noise ``j + 1``: how often two samples match when nothing but the data ties them; at
+    small ``N`` that is the chance that two noises lead to the same training point); ``score``
+    ``"GL"`` for every architecture and both closed forms.
     """
     if n_noise < 2 or sampling_steps < 1 or radius_fraction <= 0:
         raise ValueError(
@@ -129,33 +150,27 @@ def reproducibility_scores(
         )
     alpha_bar = alpha_bar.double().cpu()
     timesteps = ddim_timesteps(len(alpha_bar) - 1, sampling_steps)
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n_noise, model.dim, generator=generator)  # one set for every size
-    shuffled = noise[torch.randperm(n_noise, generator=generator)]
+    noise = torch.randn(
+        n_noise, model.dim, generator=torch.Generator().manual_seed(seed)
+    )  # one set for all N
+    radius = radius_fraction * rms_norm(model)
     rows = []
     for n_train, trained_set in tqdm(sorted(trained.items()), desc="RP and GL", disable=not progress):
         train = trained_set.train
-        radius = radius_fraction * data_scale(train)
         samples = {
-            name: ddim_sample(net, alpha_bar, noise, timesteps) for name, net in trained_set.denoisers.items()
+            name: _sample(net, alpha_bar, noise, timesteps) for name, net in trained_set.denoisers.items()
         }
         limits = {
-            POPULATION: ddim_sample(population_sampler(model, alpha_bar), alpha_bar, noise, timesteps),
-            EMPIRICAL: ddim_sample(empirical_sampler(train, alpha_bar), alpha_bar, noise, timesteps),
+            POPULATION: _sample(population_sampler(model, alpha_bar), alpha_bar, noise, timesteps),
+            EMPIRICAL: _sample(empirical_sampler(train, alpha_bar), alpha_bar, noise, timesteps),
         }
         for first, second in itertools.combinations(samples, 2):
-            rows.append(
-                _row(n_train, "RP", f"{first} vs {second}", rp_score(samples[first], samples[second], radius))
-            )
-            other = ddim_sample(trained_set.denoisers[second], alpha_bar, shuffled, timesteps)
-            rows.append(
-                _row(
-                    n_train,
-                    "RP",
-                    f"{first} vs {second}, other noise",
-                    rp_score(samples[first], other, radius),
-                )
-            )
+            pair = f"{first} vs {second}"
+            rows.append(_row(n_train, "RP", pair, rp_score(samples[first], samples[second], radius)))
+            # samples are computed row by row, so shifting the rows pairs each with another noise's
+            # sample (a shift has no fixed points, unlike a random permutation)
+            other = samples[second].roll(1, dims=0)
+            rows.append(_row(n_train, "RP", f"{pair}, other noise", rp_score(samples[first], other, radius)))
         for name, limit in itertools.product(samples, limits):
             rows.append(
                 _row(n_train, "RP", f"{name} vs {limit}", rp_score(samples[name], limits[limit], radius))
@@ -169,34 +184,49 @@ def _select(rows: Sequence[dict], score: str, between: str) -> dict[int, dict]:
     return {row["n_train"]: row for row in rows if row["score"] == score and row["between"] == between}
 
 
+REGIMES = ("memorisation", "transition", "generalisation", "unresolved")
+
+
 def reproducibility_regimes(
     rows: Sequence[dict],
     architectures: Sequence[str],
     *,
     memorised_below: float = 0.1,
     generalised_above: float = 0.9,
+    resolvable_above: float = 0.5,
 ) -> dict[str, list[int]]:
     """Sort the training-set sizes of :func:`reproducibility_scores` into the two regimes and the
     transition between them, by the GL scores of the trained ``architectures``.
 
-    *Memorisation*: every architecture's GL is at most ``memorised_below`` (almost every sample is a
-    training point). *Generalisation*: every architecture's GL is at least ``generalised_above`` times
-    the population PMP's GL at that size (the perfect generaliser's, which is below 1 when the training
-    points are dense enough for fresh samples to fall near them). *Transition*: the sizes between.
-    Returns ``{"memorisation": [N...], "transition": [...], "generalisation": [...]}``.
+    *Unresolved*: the population PMP's GL is below ``resolvable_above`` (fresh samples fall so often
+    within the radius of a training point that the radius cannot tell a copy from a new sample).
+    Otherwise *memorisation*: every architecture's GL is at most ``memorised_below`` (almost every
+    sample is a training point); *generalisation*: every architecture's GL is at least
+    ``generalised_above`` times the population PMP's (a perfect generaliser's GL, below 1 when the
+    training points are dense); *transition*: the others. Returns ``{regime: [N, ...]}`` for the
+    four names of :data:`REGIMES`.
     """
     reference = _select(rows, "GL", POPULATION)
     by_model = [_select(rows, "GL", name) for name in architectures]
-    regimes: dict[str, list[int]] = {"memorisation": [], "transition": [], "generalisation": []}
+    regimes: dict[str, list[int]] = {name: [] for name in REGIMES}
     for n_train in sorted(reference):
         scores = [model[n_train]["estimate"] for model in by_model]
-        if max(scores) <= memorised_below:
+        population = reference[n_train]["estimate"]
+        if population < resolvable_above:
+            regimes["unresolved"].append(n_train)
+        elif max(scores) <= memorised_below:
             regimes["memorisation"].append(n_train)
-        elif min(scores) >= generalised_above * reference[n_train]["estimate"]:
+        elif min(scores) >= generalised_above * population:
             regimes["generalisation"].append(n_train)
         else:
             regimes["transition"].append(n_train)
     return regimes
+
+
+def _at_confidence(row: dict, confidence: float) -> dict[str, float]:
+    """The row's proportion with its Wilson interval at another ``confidence``."""
+    hits = np.arange(row["n"]) < round(row["estimate"] * row["n"])
+    return proportion_interval(hits, confidence)
 
 
 def reproducibility_check(
@@ -205,59 +235,66 @@ def reproducibility_check(
     regimes: Mapping[str, Sequence[int]],
     *,
     high: float = 0.5,
+    confidence: float = 0.95,
 ) -> dict:
     """The talk's claim on a run of :func:`reproducibility_scores`: the RP score of the first two
     ``architectures`` is high in both regimes and lower in the transition between them.
 
     *High* in a regime: at every size of it, the RP interval's lower bound is at least ``high`` and
     above the upper bound of the chance level at that size (at small ``N`` two noises often lead to
-    the same training point, so chance is high there). *Dip*: the lowest RP of the transition has an
-    upper bound below the lower bound of each regime's lowest RP. The lowest RP of each regime is
-    the row reported (a claim about a whole regime is as weak as its weakest size).
+    the same training point, so chance is high there). *Dip*: the lowest RP of the transition, with
+    its interval widened for having been picked as the lowest of ``k`` (Bonferroni, confidence
+    ``1 - (1 - confidence) / k``), lies wholly below the lower bound of each regime's lowest RP.
+    The regimes must come in order of ``N`` (memorisation, transition, generalisation); every size
+    named in ``regimes`` must have its RP and chance rows.
 
     Returns
     -------
-    ``{"memorisation", "transition", "generalisation"}``: each None (no size in it) or its row
-    (``n_train``, ``estimate``, ``low``, ``high``, ``n``) plus ``chance`` (that size's other-noise RP);
-    ``"verdict"``: one line.
+    ``{"memorisation", "transition", "generalisation"}``: each None (no size in it) or the row of its
+    lowest RP (``n_train``, ``estimate``, ``low``, ``high``, ``n``) plus ``chance`` (that size's
+    other-noise RP); the transition's also ``adjusted_high``; ``"verdict"``: one line.
     """
     if len(architectures) < 2:
         raise ValueError("the check compares two architectures")
     pair = f"{architectures[0]} vs {architectures[1]}"
     rp, chance = _select(rows, "RP", pair), _select(rows, "RP", f"{pair}, other noise")
+    named = {
+        regime: sorted(regimes.get(regime, [])) for regime in ("memorisation", "transition", "generalisation")
+    }
+    missing = sorted(n for sizes in named.values() for n in sizes if n not in rp or n not in chance)
+    if missing:
+        raise ValueError(f"the rows have no RP or chance level of {pair} at N = {missing}")
     summary: dict = {}
-    for regime in ("memorisation", "transition", "generalisation"):
-        sizes = [n for n in regimes.get(regime, []) if n in rp]
+    for regime, sizes in named.items():
         lowest = min(sizes, key=lambda n: rp[n]["estimate"]) if sizes else None
         summary[regime] = None if lowest is None else {**rp[lowest], "chance": chance[lowest]["estimate"]}
-    ends = [summary["memorisation"], summary["generalisation"]]
-    if any(end is None for end in ends):
-        missing = [
-            name for name, end in zip(("memorisation", "generalisation"), ends, strict=True) if end is None
-        ]
-        summary["verdict"] = f"undecided: the sweep has no size in the {' or '.join(missing)} regime"
-        return summary
-    high_ends = [
-        all(rp[n]["low"] >= high and rp[n]["low"] > _upper(chance, n) for n in regimes[regime] if n in rp)
-        for regime in ("memorisation", "generalisation")
-    ]
-    dip = summary["transition"] is not None and all(
-        summary["transition"]["high"] < end["low"] for end in ends
-    )
-    if all(high_ends) and dip:
-        summary["verdict"] = "as claimed: high RP in both regimes and a dip between them"
-    elif all(high_ends):
-        summary["verdict"] = "partly: high RP in both regimes, no dip resolved between them"
-    else:
-        low = [name for name, ok in zip(("memorisation", "generalisation"), high_ends, strict=True) if not ok]
-        summary["verdict"] = f"not as claimed: RP is not high in the {' and '.join(low)} regime"
+    if summary["transition"] is not None:
+        adjusted = 1 - (1 - confidence) / len(named["transition"])
+        summary["transition"]["adjusted_high"] = _at_confidence(summary["transition"], adjusted)["high"]
+    summary["verdict"] = _verdict(summary, named, rp, chance, high)
     return summary
 
 
-def _upper(rows_by_size: Mapping[int, dict], n_train: int) -> float:
-    """The upper interval bound of the row of size ``n_train`` (-inf when absent or undefined)."""
-    row = rows_by_size.get(n_train)
-    return float("-inf") if row is None or np.isnan(row["high"]) else float(row["high"])
+def _verdict(summary: dict, named: dict, rp: dict, chance: dict, high: float) -> str:
+    ends = ("memorisation", "generalisation")
+    absent = [regime for regime in ends if not named[regime]]
+    if absent:
+        return f"undecided: the sweep has no size in the {' or '.join(absent)} regime"
+    order = [n for regime in ("memorisation", "transition", "generalisation") for n in named[regime]]
+    if order != sorted(order):
+        return f"undecided: the regimes do not follow each other in N ({named})"
+    low = [
+        regime
+        for regime in ends
+        if not all(rp[n]["low"] >= high and rp[n]["low"] > chance[n]["high"] for n in named[regime])
+    ]
+    if low:
+        return f"not as claimed: RP is not high (and above chance) in the {' and '.join(low)} regime"
+    if summary["transition"] is None:
+        return "high RP in both regimes, as claimed; undecided on the dip: no size lies between them"
+    if all(summary["transition"]["adjusted_high"] < summary[regime]["low"] for regime in ends):
+        return "as claimed: high RP in both regimes and a dip between them"
+    return "partly as claimed: high RP in both regimes, but no dip between them resolved at this sample size"
 
 
 def reproducibility_table(rows: Sequence[dict]):
@@ -280,9 +317,14 @@ def reproducibility_table(rows: Sequence[dict]):
 def _interval(row: dict | None) -> str:
     if row is None:
         return "no size in this regime"
+    adjusted = (
+        f"; upper bound {row['adjusted_high']:.2f} as the lowest of its regime"
+        if "adjusted_high" in row
+        else ""
+    )
     return (
         f"N = {row['n_train']}: {row['estimate']:.2f} [{row['low']:.2f}, {row['high']:.2f}]"
-        f" (chance {row['chance']:.2f}, {row['n']} noises)"
+        f" (chance {row['chance']:.2f}, {row['n']} noises{adjusted})"
     )
 
 
@@ -295,19 +337,16 @@ def claim_lines(
         "claim (Zhang et al. 2024): two diffusion models of different architectures trained on the same"
         " data map the same noise to nearly the same sample, in the memorisation regime and in the"
         " generalisation regime, with a dip between",
-        "regimes by GL: "
-        + ", ".join(
-            f"{name} N = {list(regimes[name])}" for name in ("memorisation", "transition", "generalisation")
-        ),
+        "regimes by GL: " + ", ".join(f"{name} N = {list(regimes.get(name, []))}" for name in REGIMES),
     ]
     pair = f"{architectures[0]} vs {architectures[1]}"
     for regime in ("memorisation", "transition", "generalisation"):
         label = "lowest RP" if regime != "transition" else "lowest RP (the dip)"
-        lines.append(f"  {regime:>14}: {label} of {pair}, {_interval(check[regime])}")
+        lines.append(f"  {regime:>14}: {label} of {pair}, {_interval(check.get(regime))}")
     for regime, limit in (("memorisation", EMPIRICAL), ("generalisation", POPULATION)):
         for name in architectures:
             chosen = [r for r in rows if r["score"] == "RP" and r["between"] == f"{name} vs {limit}"]
-            chosen = [r for r in chosen if r["n_train"] in regimes[regime]]
+            chosen = [r for r in chosen if r["n_train"] in regimes.get(regime, [])]
             if chosen:
                 values = ", ".join(f"N = {r['n_train']}: {r['estimate']:.2f}" for r in chosen)
                 lines.append(f"  {regime} regime, RP of {name} vs the {limit}: {values}")
