@@ -52,7 +52,7 @@ class SketchingBudget:
 SKETCHING_BUDGETS: dict[str, SketchingBudget] = {
     "smoke": SketchingBudget(n_latents=3, ks=(8, 32), top_ks=(8,), slq_accuracies=(1e-1,)),
     "book": SketchingBudget(
-        n_latents=8, ks=(8, 16, 32, 64, 120, 256), top_ks=(8, 32), slq_accuracies=(5e-2, 2e-2)
+        n_latents=6, ks=(8, 16, 32, 64, 120, 256), top_ks=(8, 32), slq_accuracies=(5e-2, 2e-2)
     ),
     "paper": SketchingBudget(
         n_latents=64,

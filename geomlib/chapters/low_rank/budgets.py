@@ -13,23 +13,23 @@ class LowRankBudget:
 
     MoLRG part: ambient ``dim``, subspace ``ranks``, ``n_points`` profiled per timestep at the
     ``t_fractions`` of the schedule; the denoiser's ``train_size``, ``train_steps``, ``hidden``,
-    ``depth``, ``batch_size``; the training-set ``sweep_sizes`` (each trained ``sweep_steps``,
-    scored on ``n_generated`` DDIM samples of ``sampling_steps`` steps, its rank at
-    ``sweep_t_fraction``). Reproducibility part: a mixture of subspace ranks ``rp_ranks`` in the
-    same ``dim`` (higher than ``ranks``: in a rank-3 subspace a thousand training points lie so
-    densely that a new sample is as near one of them as two models' samples are to each other, and
-    GL cannot tell copies from new samples); both architectures (``ARCHITECTURES``) trained
-    ``rp_steps`` with batches of ``rp_batch_size`` and learning rate ``rp_lr`` on each of the
-    ``rp_sizes`` (large batches: a step of these small networks with 1 024 samples costs at most 1.7
-    times one with 256, measured, and the agreement the RP score asks for needs the accuracy);
-    ``rp_noise`` shared initial noises; samples match within ``rp_radius`` times the data's RMS
-    norm. Edit part: ``edit_k`` directions at ``edit_t_fraction`` of the schedule, ``image_steps``
-    DDIM steps, the strengths ``edit_strengths`` (latent units), ``edit_power_iters`` of the
-    randomized SVD; the latent rank profile at ``latent_t_fractions`` for ``n_latents`` latents is
-    exact when ``latent_spectrum_k`` is None, else the top-k by randomized SVD; ``guidance_scale``
-    of the UNet's PMP; ``bench_k`` the sizes timed; ``chunk_size`` bounds the UNet products per
-    vectorised pass; ``cpu_threads``: torch threads on a CPU (the chapter's kernels are small: on a
-    shared 2-core CPU two intra-op threads that wait on each other made them 3-10x slower than one,
+    ``depth``, ``batch_size``. Sweep over training-set sizes (sections 2 and 3): a mixture of
+    subspace ranks ``sweep_ranks`` in the same ``dim`` (higher than ``ranks``: in a rank-3 subspace
+    a thousand training points lie so densely that a new sample is as near one of them as two
+    models' samples are to each other, and GL cannot tell copies from new samples); both
+    architectures (``ARCHITECTURES``) trained ``sweep_steps`` with batches of ``sweep_batch_size``
+    and learning rate ``sweep_lr`` on each of the ``sweep_sizes`` (large batches: a step of these
+    small networks with 1 024 samples costs at most 1.7 times one with 256, measured, and the
+    agreement the RP score asks for needs the accuracy); each scored on ``n_generated`` DDIM samples
+    of ``sampling_steps`` steps, its Jacobian rank at ``sweep_t_fraction``; ``rp_noise`` shared
+    initial noises for RP and GL, samples matching within ``rp_radius`` times the data's RMS norm.
+    Edit part: ``edit_k`` directions at ``edit_t_fraction`` of the schedule, ``image_steps`` DDIM
+    steps, the strengths ``edit_strengths`` (latent units), ``edit_power_iters`` of the randomized
+    SVD; the latent rank profile at ``latent_t_fractions`` for ``n_latents`` latents is exact when
+    ``latent_spectrum_k`` is None, else the top-k by randomized SVD; ``guidance_scale`` of the
+    UNet's PMP; ``bench_k`` the sizes timed; ``chunk_size`` bounds the UNet products per vectorised
+    pass; ``cpu_threads``: torch threads on a CPU (the chapter's kernels are small: on a shared
+    2-core CPU two intra-op threads that wait on each other made them 3-10x slower than one,
     measured).
     """
 
@@ -42,16 +42,14 @@ class LowRankBudget:
     hidden: int
     depth: int
     batch_size: int
-    sweep_sizes: tuple[int, ...] = field(metadata=count((2, 8)))
-    sweep_steps: int = field(metadata=count(20))
     n_generated: int = field(metadata=count(16))
     sampling_steps: int = field(metadata=count(5))
     sweep_t_fraction: float
-    rp_ranks: tuple[int, ...]
-    rp_sizes: tuple[int, ...] = field(metadata=count((4, 256)))
-    rp_steps: int = field(metadata=count(20))
-    rp_batch_size: int
-    rp_lr: float
+    sweep_ranks: tuple[int, ...]
+    sweep_sizes: tuple[int, ...] = field(metadata=count((4, 256)))
+    sweep_steps: int = field(metadata=count(20))
+    sweep_batch_size: int
+    sweep_lr: float
     rp_noise: int = field(metadata=count(32))
     rp_radius: float
     edit_k: int
@@ -79,16 +77,14 @@ LOWRANK_BUDGETS: dict[str, LowRankBudget] = {
         hidden=64,
         depth=2,
         batch_size=128,
-        sweep_sizes=(4, 256),
-        sweep_steps=300,
         n_generated=64,
         sampling_steps=10,
         sweep_t_fraction=0.05,
-        rp_ranks=(6, 6),
-        rp_sizes=(4, 1024),
-        rp_steps=300,
-        rp_batch_size=256,
-        rp_lr=2e-3,
+        sweep_ranks=(6, 6),
+        sweep_sizes=(4, 256),
+        sweep_steps=300,
+        sweep_batch_size=256,
+        sweep_lr=2e-3,
         rp_noise=128,
         rp_radius=0.25,
         edit_k=2,
@@ -113,16 +109,14 @@ LOWRANK_BUDGETS: dict[str, LowRankBudget] = {
         hidden=128,
         depth=3,
         batch_size=256,
-        sweep_sizes=(2, 4, 8, 16, 32, 64, 256, 1024),
-        sweep_steps=2000,
         n_generated=256,
         sampling_steps=50,
         sweep_t_fraction=0.05,
-        rp_ranks=(8, 8),
-        rp_sizes=(2, 16, 128, 1024, 8192),
-        rp_steps=1500,
-        rp_batch_size=1024,
-        rp_lr=4e-3,
+        sweep_ranks=(8, 8),
+        sweep_sizes=(2, 16, 128, 1024, 8192),
+        sweep_steps=1200,
+        sweep_batch_size=1024,
+        sweep_lr=4e-3,
         rp_noise=1000,
         rp_radius=0.25,
         edit_k=5,
@@ -147,16 +141,14 @@ LOWRANK_BUDGETS: dict[str, LowRankBudget] = {
         hidden=256,
         depth=4,
         batch_size=512,
-        sweep_sizes=(2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
-        sweep_steps=8000,
         n_generated=1024,
         sampling_steps=100,
         sweep_t_fraction=0.05,
-        rp_ranks=(12, 12, 12),
-        rp_sizes=(2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 16384),
-        rp_steps=20000,
-        rp_batch_size=4096,
-        rp_lr=4e-3,
+        sweep_ranks=(12, 12, 12),
+        sweep_sizes=(2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 16384),
+        sweep_steps=20000,
+        sweep_batch_size=4096,
+        sweep_lr=4e-3,
         rp_noise=10000,
         rp_radius=0.25,
         edit_k=10,

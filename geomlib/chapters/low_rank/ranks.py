@@ -133,15 +133,16 @@ def evaluate_denoiser(
     ``rank_above_half`` (singular values above ``sqrt(abar) / 2``, half the population PMP's),
     ``spectral_rank`` and ``local_rank`` (means).
     """
-    alpha_bar = denoiser.alpha_bar.double().cpu()
+    alpha_bar, device = denoiser.alpha_bar.double().cpu(), denoiser.alpha_bar.device
     noise = torch.randn(n_generated, model.dim, generator=torch.Generator().manual_seed(seed))
-    samples = ddim_sample(denoiser, alpha_bar, noise, ddim_timesteps(len(alpha_bar) - 1, sampling_steps))
+    timesteps = ddim_timesteps(len(alpha_bar) - 1, sampling_steps)
+    samples = ddim_sample(denoiser, alpha_bar, noise.to(device), timesteps).cpu()
     fresh, _ = model.sample(n_generated, torch.Generator().manual_seed(seed + 1))
     generalisation = generalisation_score(samples, train)
     reference = generalisation_score(fresh, train)
     abar = float(alpha_bar[rank_timestep])
     x_t = add_noise(fresh[:n_rank_points], abar, torch.Generator().manual_seed(seed + 2))
-    sigma = jacobian_singular_values(denoiser_pmp(denoiser, rank_timestep), x_t)
+    sigma = jacobian_singular_values(denoiser_pmp(denoiser, rank_timestep), x_t.to(device)).cpu()
     return dict(
         n_train=len(train),
         generalisation=generalisation,
