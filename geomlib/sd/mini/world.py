@@ -230,9 +230,14 @@ class World:
         """Images of ``scenes``, ``(N, H, W, 3)`` uint8."""
         return np.stack([render_scene(scene, self.image_size) for scene in scenes])
 
+    def dataset_scenes(self, n: int, seed: int, novel: bool = False) -> list[Scene]:
+        """The scenes of :meth:`dataset`, not rendered (its first ``m`` are a uniform sample of its
+        ``n``: render those for a subset of the training images at a fraction of the cost)."""
+        return self.sample_scenes(n, np.random.default_rng([self.seed, 3, seed]), novel=novel)
+
     def dataset(self, n: int, seed: int, novel: bool = False) -> tuple[np.ndarray, list[Scene]]:
         """``n`` rendered scenes drawn with ``seed``: ``((N, H, W, 3) uint8, scenes)``."""
-        scenes = self.sample_scenes(n, np.random.default_rng([self.seed, 3, seed]), novel=novel)
+        scenes = self.dataset_scenes(n, seed, novel)
         return self.render(scenes), scenes
 
     def training_caption(self, scene: Scene, rng: np.random.Generator, p_drop: float = 0.2) -> str:
