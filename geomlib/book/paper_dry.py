@@ -15,7 +15,8 @@ The stand-ins are built under ``_build/paper-dry/`` (once; they are kept):
   at least 512 px;
 * prompt files of each kind the chapters read (``.txt``, ``.json``, ``.csv``, ``.tsv``,
   ``.parquet``): chapter 05 takes its memorised prompts from the JSON file and its normal prompts
-  from the parquet file.
+  from the parquet file (and chapter 08 the same two files, with the ImageNet-style folder as its
+  training images).
 
 Its numbers mean nothing (random weights, two images); what it shows is that every line of the
 paper path runs. The runner's table of wall time and peak memory per chapter is written to
@@ -120,6 +121,8 @@ def fixtures(root: Path = ROOT) -> dict[str, object]:
         "dry_run": True,
         "model": str(build_pipeline_folder(root / "sd14-small")),
         "imagenet_folder": str(build_image_folder(root / "imagenet")),
+        # chapter 08's nearest-image baseline searches a folder of training images: the same one
+        "training_images": str(build_image_folder(root / "imagenet")),
         "memorised_prompts": str(prompts["json"]),
         "normal_prompts": str(prompts["parquet"]),
         "cache_dir": str(root / "cache"),
