@@ -99,7 +99,7 @@ REWARD_BUDGETS: dict[str, RewardBudget] = {
     "book": RewardBudget(
         n_train=640, n_val=160, shard_size=80, psi=DescriptorSettings(k=8), psi_part_size=64,
         net_width=32, net_depth=2, train_steps=400, train_batch=64, eval_every=50,
-        n_sweep=(80, 240), n_samples=120, n_baseline_bins=10, steps=10, guidance_scale=7.5,
+        n_sweep=(80, 240), n_samples=80, n_baseline_bins=10, steps=10, guidance_scale=7.5,
         rhos=(-64.0, -32.0, 32.0, 64.0), grid_rhos=(-64.0, -32.0, 0.0, 32.0, 64.0), n_grid=6,
         sweep_rhos=(-64.0, 64.0), sweep_samples=40, sample_batch=40, widget_steps=10,
     ),
