@@ -126,6 +126,28 @@ def _auc_along(positive: np.ndarray, negative: np.ndarray, axis: int = -1) -> np
     return above + 0.5 * ties
 
 
+def _stratified_bootstrap(
+    samples: tuple[np.ndarray, np.ndarray], statistic, confidence: float, n_resamples: int, seed: int
+) -> dict[str, float]:
+    """SciPy's percentile bootstrap of a vectorised ``statistic(positive, negative, axis)``, each
+    class resampled on its own: ``{"low", "high", "standard_error"}``."""
+    result = stats.bootstrap(
+        samples,
+        statistic,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    interval = result.confidence_interval
+    return {
+        "low": float(interval.low),
+        "high": float(interval.high),
+        "standard_error": float(result.standard_error),
+    }
+
+
 def auc_interval(
     positive: np.ndarray,
     negative: np.ndarray,
@@ -146,21 +168,7 @@ def auc_interval(
     row |= {"n_positive": len(positive), "n_negative": len(negative)}
     if min(len(positive), len(negative)) < 2:
         return row
-    result = stats.bootstrap(
-        (positive, negative),
-        _auc_along,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    interval = result.confidence_interval
-    return row | {
-        "low": float(interval.low),
-        "high": float(interval.high),
-        "standard_error": float(result.standard_error),
-    }
+    return row | _stratified_bootstrap((positive, negative), _auc_along, confidence, n_resamples, seed)
 
 
 def auc_difference_interval(
@@ -195,21 +203,8 @@ def auc_difference_interval(
         auc = _auc_along(pos, neg)
         return auc[0] - auc[1]
 
-    result = stats.bootstrap(
-        (np.arange(positive.shape[1]), np.arange(negative.shape[1])),
-        statistic,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    interval = result.confidence_interval
-    return row | {
-        "low": float(interval.low),
-        "high": float(interval.high),
-        "standard_error": float(result.standard_error),
-    }
+    indices = (np.arange(positive.shape[1]), np.arange(negative.shape[1]))
+    return row | _stratified_bootstrap(indices, statistic, confidence, n_resamples, seed)
 
 
 def auc_standard_error(auc: float, n_positive: int, n_negative: int) -> float:
