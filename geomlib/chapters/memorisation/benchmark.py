@@ -69,7 +69,7 @@ def per_prompt_scores(
         ``{family: {column: (N, ...)}}`` as the detectors return them, each with ``seconds: (N,)``;
         the ``"decoder"`` family has ``(N, S)`` descriptors at ``S`` steps.
     last_steps
-        how many of the decoder's last described steps its "last steps" scores average.
+        how many of the decoder's last described steps its "end of trajectory" scores average.
 
     Returns
     -------
