@@ -10,6 +10,8 @@ Tests and intervals are SciPy's; only their assembly into the rows the chapters 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import stats
 
@@ -249,3 +251,134 @@ def smallest_auc_offset(
     with probability ``power`` from samples of these sizes (Hanley and McNeil's SE at 0.5)."""
     z = float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power))
     return z * auc_standard_error(0.5, n_positive, n_negative)
+
+
+#: The four verdicts of a claim check, in the order :func:`claim_check` tries them.
+VERDICTS: tuple[str, ...] = (
+    "as claimed",
+    "opposite",
+    "no effect larger than",
+    "undecided at this sample size",
+)
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """A claim about the sign of an effect, checked against a sample.
+
+    Attributes
+    ----------
+    effect, low, high : the estimate and its confidence interval.
+    n : the sample size.
+    claimed_sign : ``+1`` (the claim: the effect is positive) or ``-1``.
+    smallest_effect : the smallest effect of interest (e.g. the size the paper shows), > 0.
+    detectable : the smallest effect a two-sided test at ``alpha`` finds with ``power`` at this
+        sample's standard error.
+    verdict : one of :data:`VERDICTS`. *as claimed* and *opposite*: the interval lies on one side
+        of 0. *no effect larger than* ``bound``: the interval contains 0 and excludes an effect of
+        ``smallest_effect`` in the claimed direction (the sample could have seen one). *undecided
+        at this sample size*: the interval contains both 0 and the effect of interest.
+    bound : the largest effect in the claimed direction that the interval allows (its bound on
+        that side, in the claim's units; 0 or less when the interval excludes it).
+    """
+
+    effect: float
+    low: float
+    high: float
+    n: int
+    claimed_sign: int
+    smallest_effect: float
+    detectable: float
+    verdict: str
+    bound: float
+
+    def text(self, digits: int = 2) -> str:
+        """One line for the book: the verdict, the effect, its interval, ``n`` and the power."""
+        f = f"+.{digits}f"
+        measured = f"{self.effect:{f}} [{self.low:{f}}, {self.high:{f}}], n = {self.n}"
+        power = f"detectable at 80 % power: ±{self.detectable:.{digits}f}"
+        interest = f"effect of interest {self.claimed_sign * self.smallest_effect:{f}}"
+        verdict = self.verdict
+        if verdict == "no effect larger than":
+            direction = "rise" if self.claimed_sign > 0 else "fall"
+            verdict = f"no {direction} larger than {max(self.bound, 0):.{digits}f}"
+        return f"{verdict}: {measured}; {power}; {interest}"
+
+
+def claim_check(
+    effect: float,
+    low: float,
+    high: float,
+    standard_error: float | None,
+    n: int,
+    *,
+    claimed_sign: int,
+    smallest_effect: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    dof: float | None = None,
+) -> ClaimCheck:
+    """The four-way verdict of a claimed sign (see :class:`ClaimCheck`) from an estimate, its
+    ``1 - alpha`` interval ``[low, high]`` and ``standard_error``. ``detectable`` is
+    ``(q(1 - alpha/2) + q(power)) * standard_error`` with normal quantiles, or Student t with
+    ``dof`` degrees of freedom; ``standard_error=None`` reads it off the interval's half-width
+    (a symmetric interval of those quantiles). NaN bounds (too small a sample) are *undecided*."""
+    if claimed_sign not in (-1, 1):
+        raise ValueError(f"claimed_sign must be +1 or -1, got {claimed_sign!r}")
+    if not smallest_effect > 0:
+        raise ValueError(f"smallest_effect must be positive, got {smallest_effect!r}")
+    distribution = stats.norm if dof is None else stats.t(dof)
+    if standard_error is None:
+        standard_error = (high - low) / (2 * distribution.ppf(1 - alpha / 2))
+    detectable = float((distribution.ppf(1 - alpha / 2) + distribution.ppf(power)) * standard_error)
+    claimed_low, claimed_high = sorted((claimed_sign * low, claimed_sign * high))  # the claim's units
+    if np.isnan(claimed_low) or np.isnan(claimed_high):
+        verdict = VERDICTS[3]
+    elif claimed_low > 0:
+        verdict = VERDICTS[0]
+    elif claimed_high < 0:
+        verdict = VERDICTS[1]
+    elif claimed_high < smallest_effect:
+        verdict = VERDICTS[2]
+    else:
+        verdict = VERDICTS[3]
+    return ClaimCheck(
+        float(effect),
+        float(low),
+        float(high),
+        int(n),
+        claimed_sign,
+        float(smallest_effect),
+        detectable,
+        verdict,
+        float(claimed_high),
+    )
+
+
+def paired_claim_check(
+    before: np.ndarray,
+    after: np.ndarray,
+    *,
+    claimed_sign: int,
+    smallest_effect: float,
+    confidence: float = 0.95,
+    power: float = 0.8,
+) -> ClaimCheck:
+    """:func:`claim_check` of the mean paired change ``after - before`` (the t interval of
+    :func:`paired_change`, ``n - 1`` degrees of freedom)."""
+    change = paired_change(before, after, confidence)
+    differences = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    n = len(differences)
+    standard_error = float(differences.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return claim_check(
+        change["change"],
+        change["low"],
+        change["high"],
+        standard_error,
+        n,
+        claimed_sign=claimed_sign,
+        smallest_effect=smallest_effect,
+        alpha=1 - confidence,
+        power=power,
+        dof=max(n - 1, 1),
+    )

@@ -111,10 +111,15 @@ def test_severity_effects_and_group_claims_recover_planted_shifts():
     assert effects.loc["defocus_blur", "change"] == pytest.approx(-3.0)
     assert list(effects["direction"]) == ["down", "up", "down", "n.s."]  # groupby sorts by name
     assert effects.loc["snow", "group"] == "other"
+    assert list(effects["verdict"].fillna("-")) == ["as claimed", "as claimed", "opposite", "-"]
+    assert (effects["detectable"].dropna() > 0).all()
     claims = C.group_claims(effects.reset_index()).set_index("group")
-    assert claims.loc["noise-like", "as claimed (CI excludes 0)"] == 1
-    assert claims.loc["noise-like", "opposite (CI excludes 0)"] == 1
-    assert claims.loc["blur/contrast-like", "as claimed (CI excludes 0)"] == 1
+    assert claims.loc["noise-like", "as claimed"] == 1 and claims.loc["noise-like", "opposite"] == 1
+    assert claims.loc["blur/contrast-like", "as claimed"] == 1
+    # no shift: with a large effect of interest the sample rules it out; with a tiny one it cannot
+    flat = _synthetic_table({"gaussian_noise": 0.0})
+    assert C.severity_effects(flat, smallest_effect=1.0)["verdict"][0] == "no effect larger than"
+    assert C.severity_effects(flat, smallest_effect=1e-3)["verdict"][0] == "undecided at this sample size"
     with pytest.raises(ValueError, match="severities"):
         C.severity_effects(table, high=3)
 

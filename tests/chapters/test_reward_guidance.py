@@ -416,5 +416,8 @@ def test_compare_by_bin_pairs_samples_by_seed():
     np.testing.assert_allclose(table.loc[[0, 1, 2], "dpsi"], [2, 0, -2])
     assert table.loc["all", "dpsi"] == pytest.approx(0.0) and table.loc["all", "n"] == 6
     assert table.loc[0, "vendi_one_baseline"] == pytest.approx(2.0) and table.loc[0, "dvendi_two"] == 0
-    verdicts = reward.claim_table(table.reset_index()).set_index("bin")["moves as claimed"]
-    assert verdicts[0] == verdicts[1] == "n.s. (CI contains 0)" and verdicts[2] == "no (opposite)"
+    claims = reward.claim_table(table.reset_index(), smallest_effect=0.5).set_index("bin")
+    verdicts = claims["moves as claimed"]
+    assert verdicts[0] == "undecided at this sample size"  # +2 from two samples: [-10.7, +14.7]
+    assert verdicts[1] == "no effect larger than" and verdicts[2] == "opposite"  # zero-width intervals
+    assert claims.loc[0, "detectable"] > 10 and claims.loc[1, "detectable"] == 0

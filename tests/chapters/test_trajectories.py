@@ -92,6 +92,11 @@ def test_guidance_trend_detects_a_planted_decrease_and_not_an_increase():
     assert list(trend["per_scale"]["guidance_scale"]) == list(scales)
     rising = {(f"p{i}", s): np.full(3, 10.0 * i + s) for i in range(4) for s in scales}
     assert T.guidance_trend(_planted_table(rising), last_steps=2)["page_decreasing_p"] > 0.5
+    assert trend["claim"] is None  # no claim asked
+    claimed = T.guidance_trend(_planted_table(falling), last_steps=2, claimed_sign=-1)
+    assert claimed["claim"].verdict == "as claimed"  # every block falls by 6.5
+    against = T.guidance_trend(_planted_table(rising), last_steps=2, claimed_sign=-1, smallest_effect=1.0)
+    assert against["claim"].verdict == "opposite" and against["claim"].n == against["n_blocks"]
 
 
 def test_mean_curves_give_the_t_interval():

@@ -115,3 +115,48 @@ def test_true_positive_rate_at_matches_brute_force_over_thresholds():
             thresholds = np.concatenate([[-np.inf], np.unique(np.concatenate([positive, negative]))])
             feasible = [(positive > t).mean() for t in thresholds if (negative > t).mean() <= rate + 1e-12]
             assert stats.true_positive_rate_at(positive, negative, rate) == max(feasible)
+
+
+def test_claim_check_detects_an_effect_of_the_detectable_size_at_the_stated_rate():
+    rng = np.random.default_rng(6)
+    n, sd = 30, 1.0
+    # the detectable change of a paired t test with n pairs of this spread
+    detectable = stats.paired_claim_check(
+        np.zeros(n), rng.normal(0, sd, n), claimed_sign=1, smallest_effect=0.1
+    ).detectable
+    expected = (scipy_stats.t(n - 1).ppf(0.975) + scipy_stats.t(n - 1).ppf(0.8)) * sd / np.sqrt(n)
+    assert detectable == pytest.approx(expected, rel=0.35)  # one sample's sd
+    verdicts = [
+        stats.paired_claim_check(
+            np.zeros(n), rng.normal(expected, sd, n), claimed_sign=1, smallest_effect=0.1
+        ).verdict
+        for _ in range(1000)
+    ]
+    assert 0.74 <= np.mean([v == "as claimed" for v in verdicts]) <= 0.86  # 80 % power
+    assert np.mean([v == "opposite" for v in verdicts]) < 0.01
+
+
+def test_claim_check_tells_no_effect_from_undecided_and_opposite():
+    rng = np.random.default_rng(7)
+
+    def centred(n):  # no effect at all: the mean change is exactly 0
+        values = rng.normal(0, 1, n)
+        return values - values.mean()
+
+    big = stats.paired_claim_check(np.zeros(400), centred(400), claimed_sign=-1, smallest_effect=0.3)
+    assert big.verdict == "no effect larger than" and big.bound < 0.3  # the sample rules 0.3 out
+    assert "no fall larger than" in big.text()
+    small = stats.paired_claim_check(np.zeros(5), centred(5), claimed_sign=-1, smallest_effect=0.3)
+    assert small.verdict == "undecided at this sample size" and small.detectable > 0.3
+    wrong = stats.paired_claim_check(np.zeros(50), rng.normal(1, 1, 50), claimed_sign=-1, smallest_effect=0.3)
+    assert wrong.verdict == "opposite"
+    one = stats.paired_claim_check(np.zeros(1), np.ones(1), claimed_sign=1, smallest_effect=0.3)
+    assert one.verdict == "undecided at this sample size"  # no interval from one pair
+    # an interval's standard error read off its half-width equals the one given
+    given = stats.claim_check(1.0, 0.0, 2.0, 1 / 1.959964, 10, claimed_sign=1, smallest_effect=0.5)
+    derived = stats.claim_check(1.0, 0.0, 2.0, None, 10, claimed_sign=1, smallest_effect=0.5)
+    assert derived.detectable == pytest.approx(given.detectable)
+    with pytest.raises(ValueError, match="claimed_sign"):
+        stats.claim_check(1.0, 0.5, 1.5, 0.2, 10, claimed_sign=0, smallest_effect=0.5)
+    with pytest.raises(ValueError, match="smallest_effect"):
+        stats.claim_check(1.0, 0.5, 1.5, 0.2, 10, claimed_sign=1, smallest_effect=0.0)

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 from vendi_score import vendi
 
-from geomlib.core.stats import mean_interval
+from geomlib.core.stats import claim_check, mean_interval
 from geomlib.runtime.plotting import image_grid, plot_band
 
 STATISTICS: tuple[str, ...] = ("sharpness", "contrast", "colourfulness")
@@ -139,23 +139,27 @@ def compare_by_bin(baseline: SampleSet, guided: Sequence[SampleSet], bins: np.nd
     return pd.DataFrame(rows)
 
 
-def verdict(rho: float, low: float, high: float) -> str:
-    """``yes`` when the CI of Δψ lies on the side of ``sign(rho)``, ``no`` on the other, else ``n.s.``."""
-    if np.isnan(low) or np.isnan(high):
-        return "n/a (n < 2)"
-    sign = np.sign(rho)
-    if sign * low > 0 and sign * high > 0:
-        return "yes"
-    if sign * low < 0 and sign * high < 0:
-        return "no (opposite)"
-    return "n.s. (CI contains 0)"
-
-
-def claim_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per ``(rho, bin)``: Δψ with its CI and the verdict of :func:`verdict`."""
+def claim_table(table: pd.DataFrame, smallest_effect: float) -> pd.DataFrame:
+    """Per ``(rho, bin)``: Δψ with its CI, the four-way verdict of the claim that Δψ has the sign of
+    ``rho`` (:func:`geomlib.core.stats.claim_check`, with ``smallest_effect`` as the effect of
+    interest, in ψ's units) and the change its sample detects at 80 % power."""
     out = table[["rho", "bin", "n", "psi_baseline", "dpsi", "dpsi_low", "dpsi_high"]].copy()
-    bounds = zip(out.rho, out.dpsi_low, out.dpsi_high, strict=True)
-    out["moves as claimed"] = [verdict(rho, low, high) for rho, low, high in bounds]
+    checks = [
+        claim_check(
+            r.dpsi,
+            r.dpsi_low,
+            r.dpsi_high,
+            None,
+            r.n,
+            claimed_sign=1 if r.rho > 0 else -1,
+            smallest_effect=smallest_effect,
+            dof=max(r.n - 1, 1),
+        )
+        for r in out.itertuples()
+    ]
+    out["moves as claimed"] = [check.verdict for check in checks]
+    out["detectable"] = [check.detectable for check in checks]
+    out["checks"] = checks
     return out
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from geomlib.core.descriptors import DESCRIPTOR_NAMES
-from geomlib.core.stats import cross_validated_auc, mean_interval, paired_change, roc_auc
+from geomlib.core.stats import cross_validated_auc, mean_interval, paired_change, paired_claim_check, roc_auc
 
 
 def mean_curves(
@@ -80,7 +80,14 @@ def separation(
     }
 
 
-def guidance_trend(table: pd.DataFrame, descriptor: str = "local_scaling", *, last_steps: int = 5) -> dict:
+def guidance_trend(
+    table: pd.DataFrame,
+    descriptor: str = "local_scaling",
+    *,
+    last_steps: int = 5,
+    claimed_sign: int | None = None,
+    smallest_effect: float | None = None,
+) -> dict:
     """Does the descriptor late in denoising fall (or rise) with the guidance scale?
 
     Each (prompt, seed) is a block seen at every scale. Returns a dict with
@@ -90,7 +97,11 @@ def guidance_trend(table: pd.DataFrame, descriptor: str = "local_scaling", *, la
     * ``spearman``, ``spearman_p``: rank correlation of scale and the per-block score (pooled);
     * ``page_decreasing_p``: Page's trend test (blocks x ordered scales) against "no trend", for a
       decrease with the scale (``nan`` with fewer than 3 scales or 2 blocks);
-    * ``change_low_to_high``: the paired change from the lowest to the highest scale, with CI.
+    * ``change_low_to_high``: the paired change from the lowest to the highest scale, with CI;
+    * ``claim``: with ``claimed_sign`` (``-1``: the paper's "higher CFG lowers it"), the four-way
+      :func:`~geomlib.core.stats.paired_claim_check` of that change, the effect of interest
+      ``smallest_effect`` (default 0.1 standard deviation of the blocks at the lowest scale);
+      ``None`` without a claim or with fewer than 2 blocks.
     """
     final = table[table["step"] > table["step"].max() - last_steps]
     blocks = final.groupby(["prompt", "seed", "guidance_scale"])[descriptor].mean().unstack("guidance_scale")
@@ -104,8 +115,15 @@ def guidance_trend(table: pd.DataFrame, descriptor: str = "local_scaling", *, la
     page_p = float("nan")
     if len(scales) >= 3 and len(blocks) >= 2:
         page_p = float(stats.page_trend_test(blocks.to_numpy()[:, ::-1]).pvalue)  # reversed: a decrease
-    change = paired_change(blocks[scales.min()].to_numpy(), blocks[scales.max()].to_numpy())
+    lowest, highest = blocks[scales.min()].to_numpy(), blocks[scales.max()].to_numpy()
+    change = paired_change(lowest, highest)
+    claim = None
+    if claimed_sign is not None and len(blocks) >= 2:
+        interest = 0.1 * float(lowest.std(ddof=1)) if smallest_effect is None else smallest_effect
+        if interest > 0:
+            claim = paired_claim_check(lowest, highest, claimed_sign=claimed_sign, smallest_effect=interest)
     return {
+        "claim": claim,
         "per_scale": per_scale,
         "spearman": float(rho),
         "spearman_p": float(rho_p),
