@@ -292,6 +292,15 @@ class ClaimCheck:
     verdict: str
     bound: float
 
+    @property
+    def sample_to_detect(self) -> float:
+        """About how many samples would detect ``smallest_effect`` with the same power: the
+        standard error falls as 1/sqrt(n), so ``n * (detectable / smallest_effect)^2`` (NaN when
+        the power is unknown)."""
+        if not np.isfinite(self.detectable) or self.n < 2:
+            return float("nan")
+        return float(np.ceil(self.n * (self.detectable / self.smallest_effect) ** 2))
+
     def text(self, digits: int = 2) -> str:
         """One line for the book: the verdict, the effect, its interval, ``n`` and the power."""
         f = f"+.{digits}f"
@@ -302,7 +311,10 @@ class ClaimCheck:
         if verdict == "no effect larger than":
             direction = "rise" if self.claimed_sign > 0 else "fall"
             verdict = f"no {direction} larger than {max(self.bound, 0):.{digits}f}"
-        return f"{verdict}: {measured}; {power}; {interest}"
+        line = f"{verdict}: {measured}; {power}; {interest}"
+        if self.verdict == VERDICTS[3] and np.isfinite(self.sample_to_detect):
+            line += f"; about {self.sample_to_detect:.0f} samples would detect it"
+        return line
 
 
 def claim_check(

@@ -112,7 +112,7 @@ def test_severity_effects_and_group_claims_recover_planted_shifts():
     assert list(effects["direction"]) == ["down", "up", "down", "n.s."]  # groupby sorts by name
     assert effects.loc["snow", "group"] == "other"
     assert list(effects["verdict"].fillna("-")) == ["as claimed", "as claimed", "opposite", "-"]
-    assert (effects["detectable"].dropna() > 0).all()
+    assert (effects["detectable"].dropna() > 0).all() and (effects["images_to_detect"].dropna() >= 6).all()
     claims = C.group_claims(effects.reset_index()).set_index("group")
     assert claims.loc["noise-like", "as claimed"] == 1 and claims.loc["noise-like", "opposite"] == 1
     assert claims.loc["blur/contrast-like", "as claimed"] == 1

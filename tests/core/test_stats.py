@@ -148,6 +148,14 @@ def test_claim_check_tells_no_effect_from_undecided_and_opposite():
     assert "no fall larger than" in big.text()
     small = stats.paired_claim_check(np.zeros(5), centred(5), claimed_sign=-1, smallest_effect=0.3)
     assert small.verdict == "undecided at this sample size" and small.detectable > 0.3
+    # the sample that would detect 0.3: the detectable change of that many samples is about 0.3
+    grown = stats.paired_claim_check(
+        np.zeros(int(small.sample_to_detect)),
+        centred(int(small.sample_to_detect)),
+        claimed_sign=-1,
+        smallest_effect=0.3,
+    )
+    assert 0.15 < grown.detectable < 0.6 and "samples would detect it" in small.text()
     wrong = stats.paired_claim_check(np.zeros(50), rng.normal(1, 1, 50), claimed_sign=-1, smallest_effect=0.3)
     assert wrong.verdict == "opposite"
     one = stats.paired_claim_check(np.zeros(1), np.ones(1), claimed_sign=1, smallest_effect=0.3)

@@ -26,7 +26,8 @@ def severity_effects(
     ``"n.s."`` when the interval contains 0), and for the groups the paper makes a claim about,
     ``verdict`` (:func:`geomlib.core.stats.paired_claim_check` of the group's sign, with
     ``smallest_effect`` as the effect of interest; default 0.1 standard deviation of the
-    descriptor at severity ``low``) and ``detectable`` (the change found with 80 % power).
+    descriptor at severity ``low``), ``detectable`` (the change found with 80 % power) and
+    ``images_to_detect`` (about how many images would detect the effect of interest).
     """
     if descriptor not in table:
         raise ValueError(f"{descriptor!r} is not a column of the table ({list(table.columns)})")
@@ -49,7 +50,11 @@ def severity_effects(
                 smallest_effect=smallest_effect,
                 confidence=confidence,
             )
-            row |= {"verdict": check.verdict, "detectable": check.detectable}
+            row |= {
+                "verdict": check.verdict,
+                "detectable": check.detectable,
+                "images_to_detect": check.sample_to_detect,
+            }
         rows.append(row)
     effects = pd.DataFrame(rows)
     effects = effects.rename(columns={"low": "ci_low", "high": "ci_high"})
@@ -64,7 +69,8 @@ def group_claims(effects: pd.DataFrame) -> pd.DataFrame:
 
     Returns one row per group of :data:`CORRUPTION_GROUPS`: the expected direction, the mean of
     the per-corruption changes, how many corruptions got each of the four verdicts of
-    :func:`severity_effects`, the median change detectable with 80 % power, and a sign test p-value
+    :func:`severity_effects`, the median change detectable with 80 % power and the median number of
+    images that would detect the effect of interest, and a sign test p-value
     over the group's corruptions (do the changes' signs agree with the claim more often than chance?).
     """
     rows = []
@@ -82,6 +88,7 @@ def group_claims(effects: pd.DataFrame) -> pd.DataFrame:
                 "mean change": float(part["change"].mean()),
                 **{verdict: int((part["verdict"] == verdict).sum()) for verdict in VERDICTS},
                 "median detectable": float(part["detectable"].median()),
+                "median images to detect": float(part["images_to_detect"].median()),
                 "sign agrees": agreeing_signs,
                 "sign-test p": float(sign_test),
             }
