@@ -366,11 +366,6 @@ def test_image_statistics_closed_forms():
     assert reward.image_statistics(blurred)["sharpness"][0] < stats["sharpness"][2]
 
 
-def test_vendi_diversity_counts_distinct_samples():
-    assert reward.vendi_diversity(np.ones((5, 3))) == pytest.approx(1.0)
-    assert reward.vendi_diversity(np.eye(4)) == pytest.approx(4.0)
-
-
 def test_prompts():
     sd = reward.guidance_prompts("CompVis/stable-diffusion-v1-4", 27)
     assert (

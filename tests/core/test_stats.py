@@ -168,3 +168,48 @@ def test_claim_check_tells_no_effect_from_undecided_and_opposite():
         stats.claim_check(1.0, 0.5, 1.5, 0.2, 10, claimed_sign=0, smallest_effect=0.5)
     with pytest.raises(ValueError, match="smallest_effect"):
         stats.claim_check(1.0, 0.5, 1.5, 0.2, 10, claimed_sign=1, smallest_effect=0.0)
+
+
+def test_bootstrap_claim_check_covers_a_known_difference_at_its_level():
+    rng = np.random.default_rng(8)
+    n, shift = 40, 0.5
+
+    def difference(a, b):
+        return float(b.mean() - a.mean())
+
+    checks = [
+        stats.bootstrap_claim_check(
+            [rng.normal(0, 1, n), rng.normal(shift, 1, n)],
+            difference,
+            claimed_sign=1,
+            smallest_effect=0.1,
+            n_resamples=300,
+            seed=i,
+        )
+        for i in range(200)
+    ]
+    covered = np.mean([c.low <= shift <= c.high for c in checks])
+    assert 0.88 <= covered <= 0.99  # a percentile interval at n = 40 covers about 95 %
+    # its standard error is the difference's, sqrt(2 / n), so detectable is 2.8 of those
+    expected = (scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)) * np.sqrt(2 / n)
+    assert np.median([c.detectable for c in checks]) == pytest.approx(expected, rel=0.15)
+    assert checks[0].n == 2 * n
+
+
+def test_bootstrap_claim_check_of_a_diversity_contrast():
+    from geomlib.core.diversity import vendi_diversity
+
+    rng = np.random.default_rng(9)
+    alike = np.ones((20, 8)) + 0.01 * rng.normal(size=(20, 8))
+    spread = rng.normal(size=(20, 8))
+
+    def gain(first, second):
+        return vendi_diversity(second) - vendi_diversity(first)
+
+    check = stats.bootstrap_claim_check([alike, spread], gain, claimed_sign=1, smallest_effect=1.0)
+    assert check.verdict == "as claimed" and check.effect > 3
+    assert stats.bootstrap_claim_check(
+        [spread, alike], gain, claimed_sign=1, smallest_effect=1.0
+    ).verdict == ("opposite")
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.bootstrap_claim_check([alike[:1], spread], gain, claimed_sign=1, smallest_effect=1.0)

@@ -52,13 +52,11 @@ from geomlib.chapters.reward_guidance.evaluation import (
     claim_table,
     compare_by_bin,
     image_statistics,
-    pixel_features,
     plot_bin_effects,
     plot_level_sets,
     plot_n_sweep,
     plot_training,
     rho_grid,
-    vendi_diversity,
 )
 from geomlib.chapters.reward_guidance.guidance import (
     OBJECTIVES,
@@ -78,6 +76,7 @@ from geomlib.chapters.reward_guidance.model import (
     load_reward_model,
     train_reward_model,
 )
+from geomlib.core.diversity import pixel_features, vendi_diversity
 
 __all__ = [
     "DREAMBOOTH_LIVE_SUBJECTS",

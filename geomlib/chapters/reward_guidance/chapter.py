@@ -22,7 +22,7 @@ from geomlib.chapters.reward_guidance.data import (
     prepare_reward_data,
     psi_from_describe_cli,
 )
-from geomlib.chapters.reward_guidance.evaluation import SampleSet, image_statistics, pixel_features
+from geomlib.chapters.reward_guidance.evaluation import SampleSet, image_statistics
 from geomlib.chapters.reward_guidance.guidance import GuidedSamples, guided_generate
 from geomlib.chapters.reward_guidance.model import (
     RewardNetConfig,
@@ -30,6 +30,7 @@ from geomlib.chapters.reward_guidance.model import (
     TrainedReward,
     train_reward_model,
 )
+from geomlib.core.diversity import pixel_features
 from geomlib.core.stats import mean_interval
 from geomlib.runtime.cache import model_fingerprint, settings_key
 from geomlib.runtime.profiles import count

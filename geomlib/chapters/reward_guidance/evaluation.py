@@ -1,5 +1,6 @@
-"""Measuring what reward guidance changes: ψ, diversity (Vendi score) and named image statistics,
-per ψ level set of the unguided samples, with confidence intervals; and the chapter's figures.
+"""Measuring what reward guidance changes: ψ, diversity (Vendi score, :mod:`geomlib.core.diversity`)
+and named image statistics, per ψ level set of the unguided samples, with confidence intervals;
+and the chapter's figures.
 
 The paper rates aesthetics with RAHF, which is not public; instead of an invented score we report
 three standard statistics of each image, each with its definition:
@@ -13,7 +14,6 @@ three standard statistics of each image, each with its definition:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from scipy import ndimage
-from vendi_score import vendi
 
+from geomlib.core.diversity import vendi_diversity
 from geomlib.core.stats import claim_check, mean_interval
 from geomlib.runtime.plotting import image_grid, plot_band
 
@@ -52,31 +52,6 @@ def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
         "contrast": grey.reshape(len(grey), -1).std(1),
         "colourfulness": spread + 0.3 * centre,
     }
-
-
-def vendi_diversity(features: np.ndarray) -> float:
-    """Vendi score (Friedman & Dieng 2023) of ``(N, F)`` features with the cosine-similarity kernel:
-    the exponential of the entropy of ``K / N``'s eigenvalues, between 1 (all alike) and ``N``."""
-    features = np.asarray(features, dtype=np.float64)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    if len(features) == 0 or (norms == 0).any():
-        raise ValueError("Vendi needs at least one sample and no all-zero feature vector")
-    unit = features / norms
-    with warnings.catch_warnings():  # vendi-score 0.0.3 names a deprecated scipy.sparse path
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return float(vendi.score_K(unit @ unit.T))
-
-
-def pixel_features(images: np.ndarray, size: int = 32) -> np.ndarray:
-    """``(N, 3 s²)``: images mapped to ``[-1, 1]`` (the VAE's input range), box-downsampled to at
-    most ``size x size`` (``s``), flattened. Grey 0.5 is the zero vector."""
-    images = np.asarray(images, dtype=np.float64) * 2 - 1
-    factor = max(1, images.shape[1] // size)
-    height, width = images.shape[1] // factor * factor, images.shape[2] // factor * factor
-    small = images[:, :height, :width].reshape(
-        len(images), height // factor, factor, width // factor, factor, 3
-    )
-    return small.mean(axis=(2, 4)).reshape(len(images), -1)
 
 
 @dataclass
