@@ -14,7 +14,9 @@ from geomlib.chapters import (
     cpwl_toy,
     jacobian_sketches,
     latent_slices,
+    level_sets,
     low_rank,
+    memorisation,
     reward_guidance,
     toy_ddpm,
     trajectories,
@@ -31,6 +33,8 @@ BUDGETS = [
     trajectories.TRAJECTORY_BUDGETS,
     reward_guidance.REWARD_BUDGETS,
     low_rank.LOWRANK_BUDGETS,
+    memorisation.MEMORISATION_BUDGETS,
+    level_sets.LEVEL_SET_BUDGETS,
 ]
 
 

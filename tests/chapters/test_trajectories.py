@@ -155,6 +155,27 @@ def test_step_descriptors_match_the_kernels_share_noise_and_resume(tiny_pipe, tm
     assert other_k.trajectory(*key) is not None and other_k.step_records(*key) == {}
 
 
+def test_chosen_steps_are_the_only_ones_described_and_equal_the_full_run(tiny_pipe, tmp_path):
+    settings = DescriptorSettings(k=4, n_dirs=2, radius=0.05)
+    prompts = ["a red circle on a blue background"]
+    last = T.trajectory_descriptors(
+        tiny_pipe, T.TrajectoryStore(tmp_path / "last", "tiny", steps=3, settings=settings),
+        prompts, [1], [1.0, 2.0], steps=[3], progress=False,
+    )  # fmt: skip
+    assert sorted(set(last["step"])) == [3] and len(last) == 2
+    full = T.trajectory_descriptors(
+        tiny_pipe, T.TrajectoryStore(tmp_path / "full", "tiny", steps=3, settings=settings),
+        prompts, [1], [1.0, 2.0], progress=False,
+    )  # fmt: skip
+    same = full[full["step"] == 3].reset_index(drop=True)
+    pd.testing.assert_frame_equal(last.reset_index(drop=True), same, rtol=1e-5)
+    with pytest.raises(ValueError, match="steps must lie"):
+        T.trajectory_descriptors(
+            tiny_pipe, T.TrajectoryStore(tmp_path / "bad", "tiny", steps=3, settings=settings),
+            prompts, [1], [1.0], steps=[4], progress=False,
+        )  # fmt: skip
+
+
 def test_file_prompt_sets_draw_unique_prompts_from_each_file(tmp_path):
     (tmp_path / "m.txt").write_text("\n".join(["mona lisa", "starry night", "mona lisa", "the scream"]))
     (tmp_path / "n.txt").write_text("\n".join(f"caption {i}" for i in range(10)))

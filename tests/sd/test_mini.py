@@ -259,6 +259,28 @@ def test_shipped_model_reproduces_memorised_images(mini):
     assert d_own.median() < 0.5 * d_novel.median(), (d_own, d_novel)
 
 
+@shipped
+def test_prompt_fidelity_agrees_with_the_classifiers_predictions_and_falls_for_wrong_captions(mini):
+    _, world, classifier = mini
+    images, scenes = world.dataset(24, seed=321)
+    images, labels = quality.to_tensor(images), quality.attribute_labels(scenes)
+    fidelity = quality.prompt_fidelity(classifier, images, labels, batch_size=10)  # batches split rows
+    predicted = classifier.predict(images, labels[:, quality.COLOUR_INDEX])
+    brute = torch.stack([predicted[name] == labels[:, i] for i, name in enumerate(ATTRIBUTES)], 1)
+    torch.testing.assert_close(fidelity["accuracy"], brute.double().mean(1))
+    assert (
+        fidelity["accuracy"].mean() > 0.9
+        and ((fidelity["confidence"] >= 0) & (fidelity["confidence"] <= 1)).all()
+    )
+    wrong = labels.roll(1, dims=0)  # every image judged against another scene's caption
+    assert (
+        quality.prompt_fidelity(classifier, images, wrong)["confidence"].mean()
+        < fidelity["confidence"].mean() - 0.2
+    )
+    with pytest.raises(ValueError, match="labels must have shape"):
+        quality.prompt_fidelity(classifier, images, labels[:, :3])
+
+
 def test_model_card_gate_table_marks_each_gate_met_or_missed():
     """The card's gate rows against hand-computed thresholds (3x chance, a guidance gain, 2x closer)."""
     from geomlib.sd.mini.card import _gate_summary

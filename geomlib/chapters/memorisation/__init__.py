@@ -43,7 +43,6 @@ from geomlib.chapters.memorisation.detectors import (
     nearest_training_scores,
     noise_difference_scores,
     posterior_mean_scores,
-    training_size,
     world_training_images,
 )
 from geomlib.chapters.memorisation.figures import plot_roc_curves, plot_samples
@@ -77,7 +76,6 @@ __all__ = [
     "plot_samples",
     "posterior_mean_scores",
     "roc_points",
-    "training_size",
     "verdict_lines",
     "world_training_images",
 ]

@@ -13,7 +13,6 @@ the last digits of a value (CPU kernels sum in another order), never more.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -285,22 +284,6 @@ class TrainingImages:
     images: np.ndarray
     source: str
     memorised_index: dict[str, int]
-
-
-def training_size(model: str) -> int:
-    """How many training renders a model of the offline world saw: its ``training.json``'s record,
-    else the training script's default (e.g. for the untrained tiny pipeline)."""
-    from geomlib.sd.mini.train import TrainConfig
-    from geomlib.sd.pipelines import resolve_local
-
-    try:
-        folder = resolve_local(model)
-    except FileNotFoundError:
-        folder = None
-    record = None if folder is None else folder / "training.json"
-    if record is not None and record.exists():
-        return int(json.loads(record.read_text())["config"]["train_size"])
-    return TrainConfig.train_size
 
 
 def world_training_images(world, train_size: int, count: int | None) -> TrainingImages:

@@ -31,7 +31,11 @@ class TrajectoryBudget:
     steps : sampler steps per trajectory.
     n_memorised, n_normal, n_seeds : prompts of each kind and noise seeds per prompt.
     guidance : the guidance scale of the memorised-vs-normal comparison.
-    guidance_scales, n_guidance_prompts : the sweep, on the first normal prompts.
+    guidance_scales, n_guidance_prompts : the sweep of the mean curves (every step described), on
+        the first normal prompts.
+    n_guidance_blocks : normal prompts of the guidance claim check, each a block (with every seed)
+        seen at every scale; only their last ``last_steps`` steps are described, what the check
+        reads.
     last_steps : how many final steps the summary statistics average.
     descriptors : how ψ, ν, δ of the decoder are computed at every step.
     latents_per_save : steps described between two saves of the cache.
@@ -44,6 +48,7 @@ class TrajectoryBudget:
     guidance: float
     guidance_scales: tuple[float, ...]
     n_guidance_prompts: int = field(metadata=count(1))
+    n_guidance_blocks: int = field(metadata=count(2))
     last_steps: int = field(metadata=count(1))
     descriptors: DescriptorSettings
     latents_per_save: int = 16
@@ -58,6 +63,7 @@ TRAJECTORY_BUDGETS: dict[str, TrajectoryBudget] = {
         guidance=7.5,
         guidance_scales=(1.0, 7.5),
         n_guidance_prompts=1,
+        n_guidance_blocks=2,
         last_steps=1,
         descriptors=DescriptorSettings(k=8, n_dirs=2, radius=0.05),
     ),
@@ -69,6 +75,7 @@ TRAJECTORY_BUDGETS: dict[str, TrajectoryBudget] = {
         guidance=7.5,
         guidance_scales=(1.0, 3.0, 5.0, 7.5, 9.0),
         n_guidance_prompts=3,
+        n_guidance_blocks=24,
         last_steps=4,
         descriptors=DescriptorSettings(k=16, n_dirs=4, radius=0.05),
     ),
@@ -80,6 +87,7 @@ TRAJECTORY_BUDGETS: dict[str, TrajectoryBudget] = {
         guidance=7.5,
         guidance_scales=(1.0, 3.0, 5.0, 7.5, 9.0),
         n_guidance_prompts=50,
+        n_guidance_blocks=100,
         last_steps=10,
         # 8 VJPs per pass through SD's 512 px decoder bound the GPU memory
         descriptors=DescriptorSettings(k=120, n_dirs=16, radius=0.05, chunk_size=8),
@@ -156,12 +164,14 @@ def _cached_trajectory(store: TrajectoryStore, key: tuple) -> dict[str, torch.Te
     return tensors
 
 
-def _describe_missing(pipe, store: TrajectoryStore, keys: Sequence[tuple], progress: bool) -> None:
-    """Describe every step of ``keys``' trajectories not cached yet, in batches that may span
+def _describe_missing(
+    pipe, store: TrajectoryStore, keys: Sequence[tuple], steps: Sequence[int], progress: bool
+) -> None:
+    """Describe the ``steps`` of ``keys``' trajectories not cached yet, in batches that may span
     trajectories; the records of a trajectory are saved after every batch that touches it, so an
     interruption loses at most one batch."""
     records = {key: store.step_records(*key) for key in keys}
-    pending = [(key, t) for key in keys for t in range(1, store.steps + 1) if str(t) not in records[key]]
+    pending = [(key, t) for key in keys for t in steps if str(t) not in records[key]]
     loaded: dict[tuple, dict[str, torch.Tensor]] = {}
     size = store.latents_per_save
     for start in tqdm(
@@ -190,9 +200,11 @@ def trajectory_descriptors(
     seeds: Sequence[int],
     guidance_scales: Sequence[float],
     *,
+    steps: Sequence[int] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """ψ, ν, δ of the decoder at every step of every (prompt, seed, guidance scale) trajectory.
+    """ψ, ν, δ of the decoder at every step (or at ``steps``) of every (prompt, seed, guidance
+    scale) trajectory.
 
     Parameters
     ----------
@@ -204,18 +216,24 @@ def trajectory_descriptors(
     prompts, seeds, guidance_scales
         every combination is computed; seed ``s`` gives the same initial noise to every prompt
         and scale.
+    steps
+        the steps to describe (from 1 to ``T``); ``None``: all. Steps described before are
+        returned too.
 
     Returns
     -------
-    One row per (prompt, seed, guidance_scale, step): those columns, ``timestep`` and the
-    descriptors; ``step`` runs from 1 to ``T``.
+    One row per (prompt, seed, guidance_scale, step) described: those columns, ``timestep`` and
+    the descriptors; ``step`` runs from 1 to ``T``.
     """
     if isinstance(prompts, str) or not prompts or not seeds or not guidance_scales:
         raise ValueError("prompts, seeds and guidance_scales must be non-empty lists")
+    steps = range(1, store.steps + 1) if steps is None else sorted({int(t) for t in steps})
+    if not steps or not all(1 <= t <= store.steps for t in steps):
+        raise ValueError(f"steps must lie in [1, {store.steps}], got {list(steps)}")
     keys = [(p, int(s), float(g)) for g in guidance_scales for p in prompts for s in seeds]
     for scale in tqdm(guidance_scales, desc="trajectories", disable=not progress, leave=False):
         _generate_missing(pipe, store, prompts, seeds, float(scale))
-    _describe_missing(pipe, store, keys, progress)
+    _describe_missing(pipe, store, keys, steps, progress)
     return trajectory_table(store, keys)
 
 

@@ -155,6 +155,30 @@ def accuracy(classifier: AttributeClassifier, images: torch.Tensor, labels: torc
     }
 
 
+@torch.no_grad()
+def prompt_fidelity(
+    classifier: AttributeClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """Per image, how well it shows its caption's attributes ``labels: (N, 6)``:
+    ``{"accuracy": (N,) fraction of the 6 attributes predicted right, "confidence": (N,) mean
+    softmax probability of the captioned class}``, both in ``[0, 1]``."""
+    if labels.ndim != 2 or labels.shape != (len(images), len(ATTRIBUTES)):
+        raise ValueError(
+            f"labels must have shape ({len(images)}, {len(ATTRIBUTES)}), got {tuple(labels.shape)}"
+        )
+    right, confidence = [], []
+    for start in range(0, len(images), batch_size):
+        part = labels[start : start + batch_size]
+        logits = classifier(images[start : start + batch_size], part[:, COLOUR_INDEX])
+        hits = [logits[name].argmax(1) == part[:, i] for i, name in enumerate(ATTRIBUTES)]
+        probabilities = [
+            logits[name].softmax(1).gather(1, part[:, i : i + 1])[:, 0] for i, name in enumerate(ATTRIBUTES)
+        ]
+        right.append(torch.stack(hits, 1).double().mean(1))
+        confidence.append(torch.stack(probabilities, 1).double().mean(1))
+    return {"accuracy": torch.cat(right), "confidence": torch.cat(confidence)}
+
+
 def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
     """``(N,)`` peak signal-to-noise ratio in dB of images in [0, 1]."""
     mse = (reference - estimate).pow(2).flatten(1).mean(1).clamp_min(1e-10)
