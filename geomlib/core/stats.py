@@ -10,6 +10,7 @@ Tests and intervals are SciPy's; only their assembly into the rows the chapters 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -281,6 +282,8 @@ class ClaimCheck:
         at this sample size*: the interval contains both 0 and the effect of interest.
     bound : the largest effect in the claimed direction that the interval allows (its bound on
         that side, in the claim's units; 0 or less when the interval excludes it).
+    n_to_detect : the sample that would detect ``smallest_effect``, where the estimate's own
+        formula gives it (e.g. a correlation's); ``None``: from the 1/sqrt(n) rule.
     """
 
     effect: float
@@ -292,12 +295,15 @@ class ClaimCheck:
     detectable: float
     verdict: str
     bound: float
+    n_to_detect: float | None = None
 
     @property
     def sample_to_detect(self) -> float:
-        """About how many samples would detect ``smallest_effect`` with the same power: the
-        standard error falls as 1/sqrt(n), so ``n * (detectable / smallest_effect)^2`` (NaN when
-        the power is unknown)."""
+        """About how many samples would detect ``smallest_effect`` with the same power:
+        ``n_to_detect`` where given, else (the standard error falling as 1/sqrt(n))
+        ``n * (detectable / smallest_effect)^2`` (NaN when the power is unknown)."""
+        if self.n_to_detect is not None:
+            return float(self.n_to_detect)
         if not np.isfinite(self.detectable) or self.n < 2:
             return float("nan")
         return float(np.ceil(self.n * (self.detectable / self.smallest_effect) ** 2))
@@ -450,3 +456,41 @@ def half_sample_claim_check(
         alpha=1 - confidence,
         power=power,
     )
+
+
+def spearman_claim_check(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    claimed_sign: int,
+    smallest_effect: float,
+    confidence: float = 0.95,
+    power: float = 0.8,
+) -> ClaimCheck:
+    """:func:`claim_check` of Spearman's rank correlation of ``x`` and ``y`` (``(n,)`` each).
+
+    The interval is Fisher's ``z = atanh(rho)`` with the variance ``1.06 / (n - 3)`` of Fieller,
+    Hartley & Pearson (1957), mapped back; ``detectable`` is the correlation found with ``power``,
+    ``tanh((q(1 - alpha/2) + q(power)) * sqrt(1.06 / (n - 3)))``, and ``smallest_effect`` is a
+    correlation too (e.g. 0.1), found by ``3 + 1.06 ((q(1 - alpha/2) + q(power)) / atanh(it))^2``
+    pairs. Fewer than 5 pairs give NaN bounds (*undecided*)."""
+    _check_confidence(confidence)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of one length, got {x.shape} and {y.shape}")
+    n = len(x)
+    rho = float(stats.spearmanr(x, y)[0]) if n >= 3 else float("nan")
+    if not 0 < smallest_effect < 1:
+        raise ValueError(f"smallest_effect must be a correlation in (0, 1), got {smallest_effect!r}")
+    low = high = detectable = float("nan")
+    q, q_power = float(stats.norm.ppf(0.5 + confidence / 2)), float(stats.norm.ppf(power))
+    if n >= 5 and np.isfinite(rho):
+        spread = np.sqrt(1.06 / (n - 3))
+        centre = np.arctanh(np.clip(rho, -1 + 1e-12, 1 - 1e-12))
+        low, high = float(np.tanh(centre - q * spread)), float(np.tanh(centre + q * spread))
+        detectable = float(np.tanh((q + q_power) * spread))
+    check = claim_check(
+        rho, low, high, float("nan"), n, claimed_sign=claimed_sign, smallest_effect=smallest_effect
+    )
+    needed = float(np.ceil(3 + 1.06 * ((q + q_power) / np.arctanh(smallest_effect)) ** 2))
+    return dataclasses.replace(check, detectable=detectable, n_to_detect=needed)

@@ -213,3 +213,34 @@ def test_half_sample_claim_check_of_a_diversity_contrast_is_centred_on_it():
     assert opposite.verdict == "opposite"
     with pytest.raises(ValueError, match="at least 2"):
         stats.half_sample_claim_check([alike[:1], spread], gain, claimed_sign=1, smallest_effect=1.0)
+
+
+def test_spearman_claim_check_covers_the_rank_correlation_and_detects_at_its_power():
+    rng = np.random.default_rng(10)
+    n, r = 60, 0.35
+    population = 6 / np.pi * np.arcsin(r / 2)  # Spearman's rho of a bivariate normal
+    cov = [[1, r], [r, 1]]
+    checks = []
+    for _ in range(400):
+        x, y = rng.multivariate_normal([0, 0], cov, n).T
+        checks.append(stats.spearman_claim_check(x, y, claimed_sign=1, smallest_effect=0.1))
+    assert 0.92 <= np.mean([c.low <= population <= c.high for c in checks]) <= 0.98
+    detectable = checks[0].detectable
+    hits = []
+    for _ in range(400):  # a correlation of the detectable size is found about 80 % of the time
+        x, y = rng.multivariate_normal([0, 0], [[1, detectable], [detectable, 1]], n).T
+        hits.append(
+            stats.spearman_claim_check(x, y, claimed_sign=1, smallest_effect=0.1).verdict == "as claimed"
+        )
+    assert 0.7 <= np.mean(hits) <= 0.9
+    # the pairs that detect 0.1: their own detectable correlation is 0.1
+    needed = int(checks[0].sample_to_detect)
+    x, y = rng.normal(size=(2, needed))
+    assert stats.spearman_claim_check(x, y, claimed_sign=1, smallest_effect=0.1).detectable == pytest.approx(
+        0.1, abs=0.002
+    )
+    few = stats.spearman_claim_check(np.arange(4.0), np.arange(4.0), claimed_sign=1, smallest_effect=0.5)
+    assert few.verdict == "undecided at this sample size" and few.sample_to_detect > 25
+    assert "samples would detect it" in few.text()
+    with pytest.raises(ValueError, match="correlation"):
+        stats.spearman_claim_check(np.arange(9.0), np.arange(9.0), claimed_sign=1, smallest_effect=1.5)
