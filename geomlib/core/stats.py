@@ -308,8 +308,9 @@ class ClaimCheck:
             return float("nan")
         return float(np.ceil(self.n * (self.detectable / self.smallest_effect) ** 2))
 
-    def text(self, digits: int = 2) -> str:
-        """One line for the book: the verdict, the effect, its interval, ``n`` and the power."""
+    def text(self, digits: int = 2, unit: str = "samples") -> str:
+        """One line for the book: the verdict, the effect, its interval, ``n`` and the power;
+        ``unit`` names what ``n`` counts (images, prompt-seed blocks, training seeds)."""
         f = f"+.{digits}f"
         measured = f"{self.effect:{f}} [{self.low:{f}}, {self.high:{f}}], n = {self.n}"
         power = f"detectable at 80 % power: ±{self.detectable:.{digits}f}"
@@ -320,7 +321,7 @@ class ClaimCheck:
             verdict = f"no {direction} larger than {max(self.bound, 0):.{digits}f}"
         line = f"{verdict}: {measured}; {power}; {interest}"
         if self.verdict == VERDICTS[3] and np.isfinite(self.sample_to_detect):
-            line += f"; about {self.sample_to_detect:.0f} samples would detect it"
+            line += f"; about {self.sample_to_detect:.0f} {unit} would detect it"
         return line
 
 

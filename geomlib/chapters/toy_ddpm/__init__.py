@@ -1,8 +1,9 @@
 """Chapter 02: a toy DDPM on the Datasaurus, and its denoiser's local geometry over the plane
 (paper section 3.1, Figs. 2 and 13): the model and its resumable training
 (:mod:`~geomlib.chapters.toy_ddpm.model`), the data (:mod:`~geomlib.chapters.toy_ddpm.datasaurus`),
-the descriptor maps and the on/off-manifold gap (:mod:`~geomlib.chapters.toy_ddpm.geometry`) and
-the figures (:mod:`~geomlib.chapters.toy_ddpm.figures`).
+the descriptor maps and the on/off-manifold gap (:mod:`~geomlib.chapters.toy_ddpm.geometry`), the
+claims across training seeds (:mod:`~geomlib.chapters.toy_ddpm.replicates`) and the figures
+(:mod:`~geomlib.chapters.toy_ddpm.figures`).
 """
 
 from geomlib.chapters.toy_ddpm.datasaurus import (
@@ -47,6 +48,12 @@ from geomlib.chapters.toy_ddpm.model import (
     sample_ddpm,
     train_ddpm,
 )
+from geomlib.chapters.toy_ddpm.replicates import (
+    PAPER_T_SMALLEST,
+    replicate_gaps,
+    seed_claims,
+    train_replicates,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -58,6 +65,7 @@ __all__ = [
     "NORMALISATION_SCALE",
     "ON_MANIFOLD_RADIUS",
     "PAPER_EXTENT",
+    "PAPER_T_SMALLEST",
     "SinusoidalTimeEmbedding",
     "TOY_DDPM_BUDGETS",
     "ToyDdpmBudget",
@@ -74,6 +82,8 @@ __all__ = [
     "load_checkpoint",
     "load_datasaurus",
     "manifold_gap",
+    "replicate_gaps",
+    "seed_claims",
     "nearest_distances",
     "normalise",
     "on_manifold_mask",
@@ -83,4 +93,5 @@ __all__ = [
     "plot_samples_and_loss",
     "sample_ddpm",
     "train_ddpm",
+    "train_replicates",
 ]

@@ -36,7 +36,9 @@ class ToyDdpmBudget:
     """A profile of chapter 02: the schedule (``n_steps``), the denoiser (``hidden``, ``depth``,
     ``time_dim``), its training (``batch_size``, ``lr``, ``n_iters``; ``checkpoints``: the iterations
     whose weights are kept and analysed, the last one ``n_iters``), ``n_samples`` drawn, and the
-    descriptor maps (a ``grid x grid`` plane, ``n_timesteps`` timesteps, δ's ``radius``)."""
+    descriptor maps (a ``grid x grid`` plane, ``n_timesteps`` timesteps, δ's ``radius``); the claim
+    checks train ``n_seeds`` runs (the chapter's seed and the next ones) and measure their gaps on a
+    ``seed_grid x seed_grid`` plane."""
 
     n_steps: int
     hidden: int
@@ -50,6 +52,8 @@ class ToyDdpmBudget:
     grid: int = field(metadata=count(12))
     n_timesteps: int = field(metadata=count(3))
     radius: float
+    n_seeds: int = field(default=1, metadata=count(2))
+    seed_grid: int = field(default=60, metadata=count(12))
 
 
 TOY_DDPM_BUDGETS: dict[str, ToyDdpmBudget] = {
@@ -66,6 +70,8 @@ TOY_DDPM_BUDGETS: dict[str, ToyDdpmBudget] = {
         grid=48,
         n_timesteps=6,
         radius=0.1,
+        n_seeds=2,
+        seed_grid=24,
     ),
     "book": ToyDdpmBudget(
         n_steps=100,
@@ -80,6 +86,8 @@ TOY_DDPM_BUDGETS: dict[str, ToyDdpmBudget] = {
         grid=120,
         n_timesteps=20,
         radius=0.1,
+        n_seeds=4,
+        seed_grid=80,
     ),
     "paper": ToyDdpmBudget(
         n_steps=1000,
@@ -94,6 +102,8 @@ TOY_DDPM_BUDGETS: dict[str, ToyDdpmBudget] = {
         grid=500,
         n_timesteps=100,
         radius=0.05,
+        n_seeds=8,
+        seed_grid=250,
     ),
 }
 
