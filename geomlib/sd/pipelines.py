@@ -7,7 +7,6 @@ Latents are always in the diffusion model's space, i.e. the VAE posterior scaled
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import tempfile
@@ -229,21 +228,6 @@ def world_for_model(model: str, image_size: int | None = None) -> World | None:
     except FileNotFoundError:
         return None
     return load_world(folder) if folder is not None and (folder / "world.json").exists() else None
-
-
-def training_size(model: str) -> int:
-    """How many training renders a model of the offline world saw: its ``training.json``'s record,
-    else the training script's default (e.g. for the untrained tiny pipeline)."""
-    from geomlib.sd.mini.train import TrainConfig  # the trainer imports this module
-
-    try:
-        folder = resolve_local(model)
-    except FileNotFoundError:
-        folder = None
-    record = None if folder is None else folder / "training.json"
-    if record is not None and record.exists():
-        return int(json.loads(record.read_text())["config"]["train_size"])
-    return TrainConfig.train_size
 
 
 def pipeline_resolution(pipe) -> int:

@@ -7,7 +7,8 @@ import pandas as pd
 from scipy import stats
 
 from geomlib.chapters.corruptions.corrupt import EXPECTED_SIGN, corruption_group
-from geomlib.core.stats import VERDICTS, paired_change, paired_claim_check
+from geomlib.core.claims import VERDICTS, paired_claim_check
+from geomlib.core.stats import paired_change
 
 
 def severity_effects(
@@ -24,7 +25,7 @@ def severity_effects(
     Returns one row per corruption: ``group``, ``change``, ``low``/``high`` (the ``confidence``
     t interval over images), ``p_value``, ``n``, ``direction`` (``"up"``, ``"down"``, or
     ``"n.s."`` when the interval contains 0), and for the groups the paper makes a claim about,
-    ``verdict`` (:func:`geomlib.core.stats.paired_claim_check` of the group's sign, with
+    ``verdict`` (:func:`geomlib.core.claims.paired_claim_check` of the group's sign, with
     ``smallest_effect`` as the effect of interest; default 0.1 standard deviation of the
     descriptor at severity ``low``), ``detectable`` (the change found with 80 % power) and
     ``images_to_detect`` (about how many images would detect the effect of interest).

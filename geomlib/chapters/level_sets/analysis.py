@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from geomlib.chapters.level_sets.measure import LevelSetSource
+from geomlib.core.claims import ClaimCheck, half_sample_claim_check
 from geomlib.core.diversity import pixel_features, vendi_diversity
-from geomlib.core.stats import ClaimCheck, half_sample_claim_check, mean_interval
+from geomlib.core.stats import mean_interval
 from geomlib.sd.mini.quality import AttributeClassifier, prompt_fidelity, to_tensor
 
 #: Diversity features: the images' pixels (box-averaged to 32 px) and the decoder's latents.
@@ -157,7 +158,7 @@ def level_set_claims(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Every claim of :data:`CLAIMS` per source, as a four-way
-    :func:`~geomlib.core.stats.half_sample_claim_check` of :func:`shape_contrast` (every level set
+    :func:`~geomlib.core.claims.half_sample_claim_check` of :func:`shape_contrast` (every level set
     split in random halves ``n_splits`` times).
 
     The effect of interest is ``vendi_interest`` times the source's mean level-set Vendi score for

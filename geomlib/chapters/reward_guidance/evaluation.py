@@ -23,8 +23,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import ndimage
 
+from geomlib.core.claims import claim_check
 from geomlib.core.diversity import vendi_diversity
-from geomlib.core.stats import claim_check, mean_interval
+from geomlib.core.stats import mean_interval
 from geomlib.runtime.plotting import image_grid, plot_band
 
 STATISTICS: tuple[str, ...] = ("sharpness", "contrast", "colourfulness")
@@ -116,7 +117,7 @@ def compare_by_bin(baseline: SampleSet, guided: Sequence[SampleSet], bins: np.nd
 
 def claim_table(table: pd.DataFrame, smallest_effect: float) -> pd.DataFrame:
     """Per ``(rho, bin)``: Δψ with its CI, the four-way verdict of the claim that Δψ has the sign of
-    ``rho`` (:func:`geomlib.core.stats.claim_check`, with ``smallest_effect`` as the effect of
+    ``rho`` (:func:`geomlib.core.claims.claim_check`, with ``smallest_effect`` as the effect of
     interest, in ψ's units) and the change its sample detects at 80 % power."""
     out = table[["rho", "bin", "n", "psi_baseline", "dpsi", "dpsi_low", "dpsi_high"]].copy()
     checks = [

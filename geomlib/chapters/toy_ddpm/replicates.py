@@ -21,7 +21,8 @@ from geomlib.chapters.toy_ddpm.model import (
     checkpoint_directory,
     train_ddpm,
 )
-from geomlib.core.stats import ClaimCheck, mean_interval, paired_claim_check
+from geomlib.core.claims import ClaimCheck, paired_claim_check
+from geomlib.core.stats import mean_interval
 
 #: The paper's t/T of the smallest on/off-manifold gap.
 PAPER_T_SMALLEST = 0.17
@@ -106,7 +107,7 @@ def seed_claims(
 ) -> pd.DataFrame:
     """The paper's claims across ``S`` seeds, from ``gaps = {descriptor: (S, C, n_t)}``.
 
-    Per descriptor: ``grows``, the four-way :func:`~geomlib.core.stats.paired_claim_check` that
+    Per descriptor: ``grows``, the four-way :func:`~geomlib.core.claims.paired_claim_check` that
     ``max_t |gap|`` is larger at the last checkpoint than at the first (the seeds paired), with an
     effect of interest of ``relative_interest`` times its mean at the first checkpoint; and the
     estimate of the ``t/T`` of the smallest ``|gap|`` at the last checkpoint, its mean over seeds

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from geomlib.core.claims import paired_claim_check
 from geomlib.core.descriptors import DESCRIPTOR_NAMES
-from geomlib.core.stats import cross_validated_auc, mean_interval, paired_change, paired_claim_check, roc_auc
+from geomlib.core.stats import cross_validated_auc, mean_interval, paired_change, roc_auc
 
 
 def mean_curves(
@@ -99,7 +100,7 @@ def guidance_trend(
       decrease with the scale (``nan`` with fewer than 3 scales or 2 blocks);
     * ``change_low_to_high``: the paired change from the lowest to the highest scale, with CI;
     * ``claim``: with ``claimed_sign`` (``-1``: the paper's "higher CFG lowers it"), the four-way
-      :func:`~geomlib.core.stats.paired_claim_check` of that change, the effect of interest
+      :func:`~geomlib.core.claims.paired_claim_check` of that change, the effect of interest
       ``smallest_effect`` (default 0.1 standard deviation of the blocks at the lowest scale);
       ``None`` without a claim or with fewer than 2 blocks.
     """

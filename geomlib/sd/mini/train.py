@@ -45,7 +45,7 @@ from geomlib.sd.mini import quality
 from geomlib.sd.mini.build import build_pipeline, parameter_counts
 from geomlib.sd.mini.card import write_model_card
 from geomlib.sd.mini.world import World, load_world
-from geomlib.sd.pipelines import load_pipeline
+from geomlib.sd.pipelines import load_pipeline, resolve_local
 
 
 @dataclass
@@ -73,6 +73,19 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 25
     eval: dict = field(default_factory=lambda: asdict(quality.QualityBudget()))
+
+
+def training_size(model: str) -> int:
+    """How many training renders a model of the offline world saw: its ``training.json``'s record,
+    else the training script's default (e.g. for the untrained tiny pipeline)."""
+    try:
+        folder = resolve_local(model)
+    except FileNotFoundError:
+        folder = None
+    record = None if folder is None else folder / "training.json"
+    if record is not None and record.exists():
+        return int(json.loads(record.read_text())["config"]["train_size"])
+    return TrainConfig.train_size
 
 
 class Log:
