@@ -165,6 +165,10 @@ def paired_claim_check(
     )
 
 
+#: The fewest units per sample that :func:`half_sample_claim_check` splits: halves of 2 or more.
+MIN_HALF_SAMPLE = 4
+
+
 def half_sample_claim_check(
     samples: Sequence[np.ndarray],
     statistic: Callable[..., float],
@@ -186,13 +190,22 @@ def half_sample_claim_check(
     Why not the bootstrap: a resample repeats units, and a statistic that counts distinct units (a
     diversity score) falls by an amount that depends on the set, so the bootstrap's interval shifts
     away from the estimate. Halves hold distinct units only; their own shift in level does not enter
-    the standard error."""
+    the standard error. A sample of fewer than :data:`MIN_HALF_SAMPLE` units has halves of one unit,
+    whose set statistic (one image's diversity) cannot vary: the check is then *undecided*, with
+    NaN bounds."""
     check_confidence(confidence)
     samples = [np.asarray(sample) for sample in samples]
-    if any(len(sample) < 2 for sample in samples):
-        raise ValueError("every sample needs at least 2 units to split in halves")
+    if not samples or any(len(sample) == 0 for sample in samples):
+        raise ValueError("every sample needs at least one unit")
     if n_splits < 2:
         raise ValueError(f"n_splits must be at least 2, got {n_splits}")
+    estimate = float(statistic(*samples))
+    total = sum(len(sample) for sample in samples)
+    if any(len(sample) < MIN_HALF_SAMPLE for sample in samples):  # no spread to read: undecided
+        nan = float("nan")
+        return claim_check(
+            estimate, nan, nan, nan, total, claimed_sign=claimed_sign, smallest_effect=smallest_effect
+        )
     rng = np.random.default_rng(seed)
     kept = [len(sample) // 2 for sample in samples]
     values = np.array(
@@ -203,9 +216,8 @@ def half_sample_claim_check(
             for _ in range(n_splits)
         ]
     )
-    total, total_kept = sum(len(sample) for sample in samples), sum(kept)
+    total_kept = sum(kept)
     standard_error = float(np.sqrt(total_kept / (total - total_kept) * values.var(ddof=1)))
-    estimate = float(statistic(*samples))
     half_width = float(stats.norm.ppf(0.5 + confidence / 2)) * standard_error
     return claim_check(
         estimate,

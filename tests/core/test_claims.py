@@ -104,8 +104,11 @@ def test_half_sample_claim_check_of_a_diversity_contrast_is_centred_on_it():
     assert check.low < check.effect < check.high  # a resample with repeats would shift it
     opposite = claims.half_sample_claim_check([spread, alike], gain, claimed_sign=1, smallest_effect=1.0)
     assert opposite.verdict == "opposite"
-    with pytest.raises(ValueError, match="at least 2"):
-        claims.half_sample_claim_check([alike[:1], spread], gain, claimed_sign=1, smallest_effect=1.0)
+    # halves of one image have one diversity whatever the images: no spread to read, undecided
+    few = claims.half_sample_claim_check([alike[:3], spread[:3]], gain, claimed_sign=1, smallest_effect=1.0)
+    assert few.verdict == "undecided at this sample size" and np.isnan(few.low)
+    with pytest.raises(ValueError, match="at least one"):
+        claims.half_sample_claim_check([alike[:0], spread], gain, claimed_sign=1, smallest_effect=1.0)
 
 
 def test_spearman_claim_check_covers_the_rank_correlation_and_detects_at_its_power():

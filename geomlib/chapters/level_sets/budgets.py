@@ -24,10 +24,10 @@ class LevelSetBudget:
     n_splits : random halvings of the level sets behind each claim check's standard error.
     """
 
-    n_images: int = field(metadata=count(15))
+    n_images: int = field(metadata=count(16))
     guidance_scales: tuple[float, ...]
     steps: int = field(metadata=count(3))
-    n_levels: int
+    n_levels: int = field(metadata=count(3))
     descriptors: DescriptorSettings
     batch_size: int = 64
     grid_images: int = field(default=6, metadata=count(2))
