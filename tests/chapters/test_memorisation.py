@@ -196,12 +196,21 @@ def test_benchmark_finds_the_planted_detectors_and_their_directions():
     noise = by.loc[("novel", "text-conditional noise (Wen et al.)")]
     assert noise["low"] < 0.5 < noise["high"] and noise["difference_high"] < 0
     assert (benchmark["seconds_per_prompt"] == 1.0).all()
+    # the four-way verdicts of the claimed directions
+    assert distance["verdict"] == "as claimed"
+    assert by.loc[("novel", "posterior-mean Jacobian ν"), "verdict"] == "opposite"
+    # pure noise: its interval reaches less than the effect of interest (0.1) above 0.5
+    assert (noise["verdict"] == "no effect larger than") == (noise["high"] < 0.6) and noise[
+        "detectable"
+    ] > 0.1
+    assert benchmark.loc[benchmark["direction"] == 0, "verdict"].isna().all()
     lines = M.verdict_lines(benchmark, 20, contrasts, M.KIND_LABELS)
     assert len(lines) == 3 and "best nearest training image" in lines[0]
     view = M.benchmark_view(benchmark, M.KIND_LABELS)
     assert (
         list(view.columns)[:2] == ["memorised vs", "detector"]
         and (view["vs best [95 %]"] == "best").sum() >= 3
+        and "no direction claimed" in set(view["claim (AUC > 0.5)"])
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from geomlib.core import stats
+from geomlib.core.claims import claim_check
 from geomlib.core.descriptors import DESCRIPTOR_NAMES, DESCRIPTOR_SYMBOLS
 
 
@@ -138,13 +139,18 @@ def benchmark_table(
     detectors: Sequence[Detector] = DETECTORS,
     *,
     false_positive_rate: float = 0.01,
+    auc_interest: float = 0.1,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
     """One row per (contrast, detector): ``auc`` with its bootstrap 95 % interval (``low``,
     ``high``; prompts resampled within each kind), ``tpr`` at ``false_positive_rate``, seconds per
     prompt of its family, and its paired-bootstrap ``difference`` from the contrast's best AUC
-    (``difference_low``, ``difference_high``; 0 for the best itself).
+    (``difference_low``, ``difference_high``; 0 for the best itself). A detector with a claimed
+    direction gets the four-way ``verdict`` of the claim that it detects memorisation (its AUC
+    above 0.5; :func:`~geomlib.core.claims.claim_check` of ``auc - 0.5``, the effect of interest
+    ``auc_interest``) and the AUC offset from 0.5 its sample finds with 80 % power (``detectable``);
+    one without a claimed direction has neither.
 
     ``contrasts``: the kinds the memorised prompts are told apart from. Each AUC is the chance that
     a memorised prompt scores beyond another in the detector's claimed direction (higher for
@@ -177,10 +183,28 @@ def benchmark_table(
                     **interval,
                     "tpr": stats.true_positive_rate_at(*oriented, false_positive_rate),
                     "seconds_per_prompt": float(seconds.mean()),
+                    **_auc_claim(detector, interval, auc_interest),
                 }
             )
         _add_differences(rows, scored, other, n_resamples, seed)
     return pd.DataFrame(rows)
+
+
+def _auc_claim(detector: Detector, interval: dict, interest: float) -> dict:
+    """``verdict`` and ``detectable`` of "this detector separates memorised prompts in its claimed
+    direction" (NaN and ``None`` without a claimed direction)."""
+    if detector.direction == 0:
+        return {"verdict": None, "detectable": float("nan")}
+    check = claim_check(
+        interval["auc"] - 0.5,
+        interval["low"] - 0.5,
+        interval["high"] - 0.5,
+        interval["standard_error"],
+        interval["n_positive"] + interval["n_negative"],
+        claimed_sign=1,
+        smallest_effect=interest,
+    )
+    return {"verdict": check.verdict, "detectable": check.detectable}
 
 
 def _strength(detector: Detector, auc: float) -> float:
@@ -293,8 +317,9 @@ def nearest_image_shares(
 
 
 def benchmark_view(benchmark: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """The table the book prints: per contrast and detector, AUC with its interval, the TPR at 1 %
-    FPR, seconds per prompt and the difference from the best detector with its interval."""
+    """The table the book prints: per contrast and detector, AUC with its interval, the four-way
+    verdict of its claimed direction, the TPR at 1 % FPR, seconds per prompt and the difference
+    from the best detector with its interval."""
 
     def interval(value: float, low: float, high: float, signed: bool = False) -> str:
         spec = "+.3f" if signed else ".3f"
@@ -305,6 +330,7 @@ def benchmark_view(benchmark: pd.DataFrame, labels: dict[str, str]) -> pd.DataFr
             "memorised vs": benchmark["contrast"].map(labels),
             "detector": benchmark["detector"],
             "AUC [95 %]": [interval(r.auc, r.low, r.high) for r in benchmark.itertuples()],
+            "claim (AUC > 0.5)": benchmark["verdict"].fillna("no direction claimed"),
             "TPR @ 1 % FPR": benchmark["tpr"].round(3),
             "s / prompt": benchmark["seconds_per_prompt"].round(3),
             "vs best [95 %]": [
