@@ -130,3 +130,27 @@ def test_budgets_need_a_rise_and_a_fall():
         L.LevelSetBudget(
             n_images=5, guidance_scales=(3.0,), steps=2, n_levels=3, descriptors=DescriptorSettings(k=4)
         )
+
+
+def test_descriptors_resume_from_the_cache_and_never_read_other_latents(tiny_pipe, tmp_path, monkeypatch):
+    from geomlib.runtime.cache import ResultCache
+    from geomlib.sd.decoder import DescriptorSettings
+
+    settings = DescriptorSettings(k=3)
+    latents = torch.randn(5, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    source = L.LevelSetSource("a", np.zeros((5, 16, 16, 3)), latents)
+    cache = ResultCache(tmp_path, {"k": 3})
+    first = L.describe_sources(tiny_pipe, [source], settings, batch_size=2, cache=cache, progress=False)
+    assert list(first["image"]) == [0, 1, 2, 3, 4] and first["local_scaling"].notna().all()
+    calls = []
+    original = DescriptorSettings.describe
+    monkeypatch.setattr(
+        DescriptorSettings,
+        "describe",
+        lambda self, pipe, z, **k: calls.append(len(z)) or original(self, pipe, z, **k),
+    )
+    again = L.describe_sources(tiny_pipe, [source], settings, batch_size=2, cache=cache, progress=False)
+    assert calls == [] and again.equals(first)  # every chunk read back
+    other = L.LevelSetSource("a", source.images, latents + 1.0)  # same name, other latents
+    L.describe_sources(tiny_pipe, [other], settings, batch_size=2, cache=cache, progress=False)
+    assert calls == [2, 2, 1]

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from geomlib.runtime.cache import ResultCache
+from geomlib.runtime.cache import ResultCache, content_key
 from geomlib.sd.decoder import DescriptorSettings, decode_latents, encode_images
 from geomlib.sd.images import ImageFolderImages
 from geomlib.sd.mini.quality import AttributeClassifier, attribute_labels, load_classifier, to_tensor
@@ -107,12 +107,12 @@ def generated_sources(
 ) -> list[LevelSetSource]:
     """One source per guidance scale: ``prompts[i]`` from the noise of seed ``seed + i`` at every
     scale (the same prompts and noises, so the scales differ only in guidance). Each scale's final
-    latents are cached once generated."""
+    latents are cached once generated, under a key of the prompts themselves."""
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
     sources = []
     for scale in tqdm(guidance_scales, desc="guidance scales", leave=False):
-        key = ("generated", float(scale), len(prompts))
+        key = ("generated", float(scale), seed, steps, content_key("\n".join(prompts).encode()))
         stored = cache.load_tensors(key) if cache is not None else None
         if stored is None:
             out = generate(
@@ -141,17 +141,19 @@ def describe_sources(
     progress: bool = True,
 ) -> pd.DataFrame:
     """ψ and ν (and δ with ``settings.radius``) of the decoder at every source's latents, cached per
-    chunk of ``batch_size`` latents.
+    chunk of ``batch_size`` latents under a key of the latents themselves (other images never read
+    a chunk's values).
 
     Returns one row per image: ``source``, ``image`` (its row in the source) and the descriptors.
     """
     rows = []
     chunks = [(source, start) for source in sources for start in range(0, len(source), batch_size)]
     for source, start in tqdm(chunks, desc="descriptors", disable=not progress, leave=False):
-        key = ("descriptors", source.name, start, batch_size)
+        chunk = source.latents[start : start + batch_size]
+        key = ("descriptors", content_key(chunk.float().cpu().numpy().tobytes()))
         values = cache.load(key) if cache is not None else None
         if values is None:
-            values = settings.describe(pipe, source.latents[start : start + batch_size]).as_dict()
+            values = settings.describe(pipe, chunk).as_dict()
             values = {name: [float(v) for v in column] for name, column in values.items()}
             if cache is not None:
                 cache.save(key, values)
