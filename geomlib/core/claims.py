@@ -204,7 +204,15 @@ def half_sample_claim_check(
     if any(len(sample) < MIN_HALF_SAMPLE for sample in samples):  # no spread to read: undecided
         nan = float("nan")
         return claim_check(
-            estimate, nan, nan, nan, total, claimed_sign=claimed_sign, smallest_effect=smallest_effect
+            estimate,
+            nan,
+            nan,
+            nan,
+            total,
+            claimed_sign=claimed_sign,
+            smallest_effect=smallest_effect,
+            alpha=1 - confidence,
+            power=power,
         )
     rng = np.random.default_rng(seed)
     kept = [len(sample) // 2 for sample in samples]

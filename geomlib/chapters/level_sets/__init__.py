@@ -11,8 +11,6 @@
 
 from geomlib.chapters.level_sets.analysis import (
     CLAIMS,
-    FEATURES,
-    FIDELITY,
     SHAPE_LABELS,
     descriptor_values,
     grid_indices,
@@ -42,8 +40,6 @@ from geomlib.chapters.level_sets.measure import (
 
 __all__ = [
     "CLAIMS",
-    "FEATURES",
-    "FIDELITY",
     "LEVEL_SET_BUDGETS",
     "REAL",
     "SHAPE_LABELS",

@@ -15,10 +15,6 @@ from geomlib.core.diversity import pixel_features, vendi_diversity
 from geomlib.core.stats import mean_interval
 from geomlib.sd.mini.quality import AttributeClassifier, prompt_fidelity, to_tensor
 
-#: Diversity features: the images' pixels (box-averaged to 32 px) and the decoder's latents.
-FEATURES: tuple[str, ...] = ("pixels", "latents")
-#: Fidelity scores of the offline world's classifier.
-FIDELITY: tuple[str, ...] = ("accuracy", "confidence")
 #: The paper's claims (Fig. 5 and its text): per descriptor, the measures and the shape claimed.
 #: ``"peak"``: rises then falls (the interior level sets above the first *and* above the last);
 #: ``"top"``: highest in the top level set (the last above the first).
@@ -121,29 +117,30 @@ def descriptor_values(table: pd.DataFrame, source: LevelSetSource, descriptor: s
     return rows[descriptor].to_numpy(dtype=float)
 
 
-def shape_contrast(shape: str, set_values: Sequence[float]) -> float:
-    """The contrast a claimed shape predicts positive, over the level sets' values in order.
-
-    ``"peak"``: the smaller of the rise (mean of the interior sets minus the first) and the fall
-    (that mean minus the last), positive only when both are: a monotone trend gives a negative
-    value, so "rises then falls" is not confused with "keeps rising". ``"top"``: last minus first.
-    """
-    values = np.asarray(set_values, dtype=float)
-    if len(values) < 3:
-        raise ValueError(f"a shape needs at least 3 level sets, got {len(values)}")
-    if shape == "peak":
-        interior = values[1:-1].mean()
-        return float(min(interior - values[0], interior - values[-1]))
-    if shape == "top":
-        return float(values[-1] - values[0])
-    raise ValueError(f"shape must be 'peak' or 'top', got {shape!r}")
-
-
 def rise_and_fall(set_values: Sequence[float]) -> tuple[float, float]:
     """``(rise, fall)``: the interior level sets' mean minus the first, and minus the last."""
     values = np.asarray(set_values, dtype=float)
+    if len(values) < 3:
+        raise ValueError(f"a shape needs at least 3 level sets, got {len(values)}")
     interior = values[1:-1].mean()
     return float(interior - values[0]), float(interior - values[-1])
+
+
+def shape_contrast(shape: str, set_values: Sequence[float]) -> float:
+    """The contrast a claimed shape predicts positive, over the level sets' values in order.
+
+    ``"peak"``: the smaller of the :func:`rise_and_fall`, positive only when both are: a monotone
+    trend gives a negative value, so "rises then falls" is not confused with "keeps rising".
+    ``"top"``: last minus first.
+    """
+    if shape == "peak":
+        return min(rise_and_fall(set_values))
+    if shape == "top":
+        values = np.asarray(set_values, dtype=float)
+        if len(values) < 3:
+            raise ValueError(f"a shape needs at least 3 level sets, got {len(values)}")
+        return float(values[-1] - values[0])
+    raise ValueError(f"shape must be 'peak' or 'top', got {shape!r}")
 
 
 def level_set_claims(
@@ -178,13 +175,14 @@ def level_set_claims(
                     continue
                 per_image, statistic = measures[measure], _set_statistic(measure)
                 groups = [per_image[levels == level] for level in range(n_levels)]
+                set_values = [statistic(group) for group in groups]
                 if measure.startswith("vendi_"):
-                    interest = vendi_interest * float(np.mean([statistic(group) for group in groups]))
+                    interest = vendi_interest * float(np.mean(set_values))
                 else:
                     interest = score_interest * float(np.std(per_image, ddof=1))
                 check = _check(groups, statistic, shape, interest, n_splits, seed)
+                rise, fall = rise_and_fall(set_values)
                 row = _claim_row(descriptor, source.name, measure, shape, check)
-                rise, fall = rise_and_fall([statistic(group) for group in groups])
                 rows.append(row | {"rise": rise, "fall": fall})
     return pd.DataFrame(rows)
 
