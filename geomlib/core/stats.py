@@ -60,6 +60,20 @@ def proportion_interval(hits: np.ndarray, confidence: float = 0.95) -> dict[str,
     return {"estimate": count / n, "low": float(interval.low), "high": float(interval.high), "n": n}
 
 
+def proportion_difference_interval(
+    first: np.ndarray, second: np.ndarray, confidence: float = 0.95
+) -> dict[str, float]:
+    """The difference of two independent proportions, ``share(first) - share(second)``, and its
+    interval by Newcombe's hybrid score method (1998, method 10), built from each share's Wilson
+    interval (:func:`proportion_interval`): inside ``[-1, 1]``, defined at 0 or ``n`` hits.
+    Returns ``{"difference", "low", "high", "n"}`` (``n``: both samples' sizes together)."""
+    a, b = proportion_interval(first, confidence), proportion_interval(second, confidence)
+    difference = a["estimate"] - b["estimate"]
+    low = difference - np.hypot(a["estimate"] - a["low"], b["high"] - b["estimate"])
+    high = difference + np.hypot(a["high"] - a["estimate"], b["estimate"] - b["low"])
+    return {"difference": difference, "low": float(low), "high": float(high), "n": a["n"] + b["n"]}
+
+
 def paired_change(before: np.ndarray, after: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
     """Mean of ``after - before`` over paired samples, its t interval and two-sided t-test p-value.
 

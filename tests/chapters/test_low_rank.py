@@ -533,6 +533,17 @@ def test_table_and_claim_lines_print_what_the_check_found(tmp_path):
     lines = lr.claim_lines(check, rows, ("a", "b"), regimes)
     assert lines[-1] == f"verdict: {check['verdict']}"
     assert any("N = 16: 0.30" in line and "dip" in line for line in lines)
+    parts = dict(lr.reproducibility_claims(check))
+    assert parts["memorisation: lowest RP above 0.5"].verdict == "as claimed"  # 0.95 of 400
+    dip = parts["dip: generalisation's lowest RP above the transition's"]
+    assert dip.verdict == "as claimed" and dip.effect == pytest.approx(0.6)  # 0.9 - 0.3
+    assert sum("four-way" in line for line in lines) == 4
+    flat = _rows({2: 0.95, 16: 0.93, 1024: 0.9}, {2: 0.0, 16: 0.5, 1024: 0.95})
+    flat_check = lr.reproducibility_check(flat, ("a", "b"), lr.reproducibility_regimes(flat, ("a", "b")))
+    no_dip = dict(lr.reproducibility_claims(flat_check))[
+        "dip: memorisation's lowest RP above the transition's"
+    ]
+    assert no_dip.verdict == "no effect larger than" and no_dip.high < 0.1  # 0.95 vs 0.93: no dip of 0.1
     assert lr.retraining_minutes(tmp_path) is None
     (tmp_path / "training.json").write_text('{"timings": {"denoiser_s": 600, "training_total_s": 1800}}')
     assert lr.retraining_minutes(tmp_path) == {"denoiser": 10.0, "total": 30.0}

@@ -115,3 +115,17 @@ def test_true_positive_rate_at_matches_brute_force_over_thresholds():
             thresholds = np.concatenate([[-np.inf], np.unique(np.concatenate([positive, negative]))])
             feasible = [(positive > t).mean() for t in thresholds if (negative > t).mean() <= rate + 1e-12]
             assert stats.true_positive_rate_at(positive, negative, rate) == max(feasible)
+
+
+def test_proportion_difference_interval_is_newcombes():
+    # Newcombe (1998), Table II, example (a): 56/70 - 48/80 = 0.2, method 10: [0.0524, 0.3339]
+    first, second = np.arange(70) < 56, np.arange(80) < 48
+    interval = stats.proportion_difference_interval(first, second)
+    assert interval["difference"] == pytest.approx(0.2)
+    assert interval["low"] == pytest.approx(0.0524, abs=1e-4) and interval["high"] == pytest.approx(
+        0.3339, abs=1e-4
+    )
+    assert interval["n"] == 150
+    # at the edges it stays defined and inside [-1, 1]
+    edge = stats.proportion_difference_interval(np.ones(10, bool), np.zeros(10, bool))
+    assert edge["difference"] == 1.0 and 0 < edge["low"] < 1 and edge["high"] <= 1
