@@ -328,7 +328,7 @@ def reproducibility_claims(
         if dip is not None:
             gap = proportion_difference_interval(_hits(row), _hits(dip))
             drop = claim_check(
-                gap["difference"], gap["low"], gap["high"], None, gap["n"],
+                gap["difference"], gap["low"], gap["high"], None, int(gap["n"]),
                 claimed_sign=1, smallest_effect=interest,
             )  # fmt: skip
             claims.append((f"dip: {regime}'s lowest RP above the transition's", drop))
